@@ -1,0 +1,3 @@
+from fsx.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""What every pretraining algorithm receives and promises."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fsx.data.coco import CocoSet
+
+
+@dataclasses.dataclass
+class PretrainData:
+    """The base-class training data of a fold. Episodic algorithms sample tasks from `source`
+    over `class_ids`; plain training uses all of it at once (`dataset`)."""
+
+    source: CocoSet
+    class_ids: list[int]
+    class_names: list[str]
+    dataset: torch.utils.data.Dataset
+
+
+# on_step(step, losses) -> True to stop early (e.g. a checkpoint hook or a time limit)
+StepHook = Callable[[int, dict[str, float]], bool | None]
+
+
+class Algorithm(abc.ABC):
+    name: str = "algorithm"
+
+    @abc.abstractmethod
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+        """Train `model` in place for `steps` budget units (optimiser steps or meta-iterations);
+        return the last step run."""
+
+    def state_dict(self) -> dict:
+        """Optimiser and schedule state for resuming (empty when there is none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""

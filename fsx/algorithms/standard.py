@@ -1,0 +1,40 @@
+"""Standard ("Normal") pretraining: ordinary detection training on all base classes at once
+(RT Table 6.3): Adam with weight decay, the learning rate divided by 10 at 60% and 80% of
+the budget. A short linear warm-up keeps the first steps of a fresh RetinaNet stable."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fsx.algorithms.base import Algorithm, PretrainData, StepHook
+from fsx.engine.loop import infinite_batches, train, warmup_step_schedule
+
+
+class Standard(Algorithm):
+    name = "standard"
+
+    def __init__(self, lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 16, decay_at: list[float] = (0.6, 0.8), gamma: float = 0.1, warmup: int = 100, clip_norm: float | None = 10.0):
+        self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
+        self.decay_at, self.gamma, self.warmup, self.clip_norm = list(decay_at), gamma, warmup, clip_norm
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler = None
+        self._pending_state: dict | None = None
+
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        self._scheduler = warmup_step_schedule(self._optimizer, steps, min(self.warmup, max(steps // 5, 1)), self.decay_at, self.gamma)
+        if self._pending_state:
+            self._optimizer.load_state_dict(self._pending_state["optimizer"])
+            self._scheduler.load_state_dict(self._pending_state["scheduler"])
+        batches = infinite_batches(data.dataset, self.batch_size, seed + start_step)
+        return train(model, self._optimizer, batches, steps, device, scheduler=self._scheduler, amp=amp, clip_norm=self.clip_norm, start_step=start_step, desc="pretrain standard", on_step=on_step)
+
+    def state_dict(self) -> dict:
+        if self._optimizer is None:
+            return {}
+        return {"optimizer": self._optimizer.state_dict(), "scheduler": self._scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending_state = state or None

@@ -1,0 +1,212 @@
+"""The `fsx` command: one typer command per verb. Arguments are Hydra overrides and Hydra
+flags, handed to Hydra unchanged, so `-m` is Hydra's own multirun (sweepers and launcher
+plugins work) and `--cfg job`, `--info`, `--resolve` do what Hydra's docs say."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from fsx import __version__
+from fsx.errors import UsageError
+
+CONFIG_MODULE = "fsx.conf"
+
+app = typer.Typer(
+    name="fsx",
+    help=(
+        "Few-shot object detection experiments: pretrain a detector on a fold's base classes, "
+        "adapt it to K-shot tasks of the novel classes, and evaluate how fast and how well it "
+        "adapts, every run recorded in MLflow (default store: sqlite:///mlflow.db here).\n\n"
+        "Arguments are Hydra overrides (key=value, group=option); -m sweeps over comma lists.\n\n"
+        "  fsx pretrain                                  # letters fold 1, tiny RetinaNet, CPU\n\n"
+        "  fsx adapt checkpoint=runs:/<id> shots=5       # 5-way 5-shot on the novel letters\n\n"
+        "  fsx eval checkpoint=runs:/<id> eval.repeats=10 eval.milestones=[0,50,200]\n\n"
+        "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
+        "Set FSX_DEBUG=1 for full tracebacks."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+HYDRA_FLAGS = (
+    "\n\nHydra flags: --cfg job|hydra|all (print the composed config and exit), --resolve, "
+    "--info, -c/--config-name, --config-dir DIR (add your own config tree, e.g. datasets)."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fsx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
+    pass
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"fsx: error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _job_overrides(overrides: list[str]) -> list[list[str]]:
+    """Every job's override list, as Hydra's basic sweeper will make them (for validation)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch]
+
+
+def validate(verb: str, overrides: list[str], multirun: bool) -> int:
+    """Compose the config of every job before anything runs, so that an unknown key, group
+    option or value type exits 2 with one message instead of failing mid-sweep.
+    Returns the number of jobs (1 for a single run)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        jobs = _job_overrides(overrides) if multirun else [overrides]
+    except OverrideParseException as e:
+        _fail(f"cannot parse the overrides {' '.join(overrides)}: {e}")
+    except Exception:  # noqa: BLE001 - sweeper-specific syntax (ranges, intervals): Hydra validates it
+        return 0
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            for job in jobs[:200]:
+                cfg = compose(config_name=verb, overrides=list(job))
+                # resolve interpolations now: a bad ${...} is a usage error too
+                from omegaconf import OmegaConf
+
+                OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = " ".join(part for part in (str(e).strip(), str(e.__cause__ or "").strip()) if part).replace("\n", " ")
+        if "Could not override" in message or "not in struct" in message:
+            message += " (run `fsx %s --cfg job` to see every key)" % verb
+        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {message}")
+    return len(jobs)
+
+
+def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> None:
+    """Hand `args` to Hydra's real entry point, with `runner(cfg)` as the task function."""
+    import hydra
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    try:
+        known = parser.parse_args(args + (["--multirun"] if multirun else []))
+    except SystemExit as e:
+        _fail(f"cannot parse the arguments {' '.join(args)} (see `fsx {verb} --help`)", 2 if e.code else 0)
+    multirun = bool(known.multirun)
+    if not (known.cfg or known.info or known.help or known.hydra_help or known.shell_completion or known.config_dir or known.config_name):
+        validate(verb, list(known.overrides), multirun)
+
+    def task(cfg):
+        try:
+            return runner(cfg)
+        except UsageError as e:
+            if not multirun:
+                _fail(str(e), e.exit_code)
+            _record_job_failure(str(e))
+            typer.echo(f"fsx: job failed: {e}", err=True)
+        except Exception as e:  # noqa: BLE001 - one failed job must not take the sweep down
+            if not multirun or os.environ.get("FSX_DEBUG"):
+                raise
+            traceback.print_exc()
+            _record_job_failure(f"{type(e).__name__}: {e}")
+        return None
+
+    task.__module__ = __name__
+    main = hydra.main(config_path="conf", config_name=verb, version_base="1.3")(task)
+    argv = sys.argv
+    sys.argv = [f"fsx-{verb}"] + args + (["--multirun"] if multirun and "--multirun" not in args and "-m" not in args else [])
+    try:
+        main()
+    finally:
+        sys.argv = argv
+        if multirun:
+            _finish_multirun()
+
+
+def _record_job_failure(message: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from fsx.run.sweep import FAILURES_FILE
+
+    hc = HydraConfig.get()
+    with open(Path(hc.sweep.dir) / FAILURES_FILE, "a") as f:
+        f.write(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}\n")
+
+
+def _finish_multirun() -> None:
+    from fsx.run.sweep import finish_sweep
+
+    finished = finish_sweep()
+    if finished is None:
+        return
+    parent, children, failed = finished
+    ok = sum(c["status"] == "FINISHED" for c in children)
+    typer.echo(f"\nmultirun: MLflow parent run {parent}: {ok} of {max(len(children), ok + len(failed))} jobs finished")
+    for line in failed:
+        typer.echo(f"  failed: {line}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _verb(name: str, summary: str) -> Callable:
+    def command(
+        ctx: typer.Context,
+        multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: one job per combination of comma-separated override values; one MLflow parent run + a child per job."),
+    ) -> None:
+        from fsx.run import adapt, eval, pretrain  # noqa: A004 - deferred: torch imports are slow
+
+        runners = {"pretrain": pretrain.pretrain, "adapt": adapt.adapt, "eval": eval.evaluate}
+        try:
+            run_verb(name, list(ctx.args), multirun, runners[name])
+        except UsageError as e:
+            _fail(str(e), e.exit_code)
+
+    command.__doc__ = summary + HYDRA_FLAGS
+    return app.command(name=name, context_settings=PASS_THROUGH)(command)
+
+
+_verb(
+    "pretrain",
+    "Pretrain a detector on the base classes of a dataset fold with the configured algorithm "
+    "(algorithm=standard). Logs the checkpoint as checkpoints/model.pt in a new MLflow run and prints its id. "
+    "Keys: dataset=letters dataset.fold=1..5, backbone=tiny|resnet18, train.steps, seed, device, "
+    "resume=<outputs/.../checkpoints/last.pt> to continue an interrupted run.",
+)
+_verb(
+    "adapt",
+    "Adapt a checkpoint to one K-shot task of the fold's novel classes: sample `ways` x `shots` "
+    "support images from test-adapt (task_seed), reset the class head, fine-tune for adapt.steps with "
+    "early stopping and rollback, score test-test, and log the adapted checkpoint. "
+    "Needs checkpoint=runs:/<id> | latest | <file.pt>.",
+)
+_verb(
+    "eval",
+    "The few-shot protocol: for eval.repeats sampled tasks, adapt from the checkpoint and score all "
+    "of test-test with COCOeval after each of eval.milestones adaptation steps; logs every repeat and "
+    "the mean, std and 95% CI, and prints a table. Needs checkpoint=runs:/<id> | latest | <file.pt>.",
+)
+
+
+def main() -> None:
+    try:
+        app()
+    except UsageError as e:
+        typer.echo(f"fsx: error: {e}", err=True)
+        sys.exit(2)

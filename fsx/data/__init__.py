@@ -1,0 +1,1 @@
+"""Datasets, class partitions, samplers and transforms. The only package that reads annotation files."""

@@ -1,0 +1,187 @@
+"""The one in-memory form of a detection dataset: a COCO-format annotation dict + an image root.
+
+Every source (letters, VOC XML, COCO JSON) is turned into a `CocoSet`; splits, samplers and
+metrics all work on it. `DetectionDataset` turns a `CocoSet` and an ordered class list into
+the (image, target) pairs torchvision detectors take, with labels 0..M-1 in list order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from fsx.errors import UsageError
+
+
+class CocoSet:
+    def __init__(self, coco: dict, image_root: Path | str):
+        self.coco = coco
+        self.image_root = Path(image_root)
+        self._anns_by_image: dict[int, list[dict]] = defaultdict(list)
+        for ann in coco["annotations"]:
+            self._anns_by_image[ann["image_id"]].append(ann)
+        self._images = {img["id"]: img for img in coco["images"]}
+
+    @classmethod
+    def load(cls, annotation_file: Path | str, image_root: Path | str | None = None) -> "CocoSet":
+        path = Path(annotation_file)
+        try:
+            coco = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"annotation file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"annotation file {path} is not valid JSON: {e}") from None
+        for key in ("images", "annotations", "categories"):
+            if key not in coco:
+                raise UsageError(f"annotation file {path} is not COCO format: it has no '{key}' list")
+        return cls(coco, image_root if image_root is not None else path.parent)
+
+    # --- views -----------------------------------------------------------------
+    @property
+    def image_ids(self) -> list[int]:
+        return [img["id"] for img in self.coco["images"]]
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.coco["categories"]
+
+    def category_id(self, name: str) -> int:
+        for cat in self.categories:
+            if cat["name"] == name:
+                return cat["id"]
+        raise UsageError(f"class '{name}' is not in this dataset (it has: {', '.join(c['name'] for c in self.categories)})")
+
+    def category_name(self, category_id: int) -> str:
+        return next(c["name"] for c in self.categories if c["id"] == category_id)
+
+    def image(self, image_id: int) -> dict:
+        return self._images[image_id]
+
+    def annotations(self, image_id: int) -> list[dict]:
+        return self._anns_by_image.get(image_id, [])
+
+    def image_categories(self, image_id: int) -> set[int]:
+        return {a["category_id"] for a in self.annotations(image_id)}
+
+    def images_with(self, category_id: int) -> list[int]:
+        return [i for i in self.image_ids if category_id in self.image_categories(i)]
+
+    def __len__(self) -> int:
+        return len(self.coco["images"])
+
+    # --- derived sets ----------------------------------------------------------
+    def restrict(self, image_ids: Iterable[int] | None = None, category_ids: Iterable[int] | None = None) -> "CocoSet":
+        """The same set with only these images and only annotations of these categories.
+
+        Categories not kept are dropped from `categories` too, so COCOeval scores only them.
+        """
+        keep_images = set(self.image_ids) if image_ids is None else set(image_ids)
+        keep_cats = {c["id"] for c in self.categories} if category_ids is None else set(category_ids)
+        order = self.image_ids if image_ids is None else list(image_ids)
+        coco = {
+            **{k: v for k, v in self.coco.items() if k not in ("images", "annotations", "categories")},
+            "images": [copy.deepcopy(self._images[i]) for i in order if i in keep_images],
+            "annotations": [
+                copy.deepcopy(a) for a in self.coco["annotations"] if a["image_id"] in keep_images and a["category_id"] in keep_cats
+            ],
+            "categories": [copy.deepcopy(c) for c in self.categories if c["id"] in keep_cats],
+        }
+        return CocoSet(coco, self.image_root)
+
+    def to_pycocotools(self) -> COCO:
+        gt = COCO()
+        gt.dataset = copy.deepcopy(self.coco)
+        gt.dataset.setdefault("info", {})
+        for ann in gt.dataset["annotations"]:
+            ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+            ann.setdefault("iscrowd", 0)
+        _quiet_index(gt)
+        return gt
+
+    def content_hash(self) -> str:
+        """A short hash of what the set holds (image files and boxes), for manifests."""
+        digest = hashlib.sha256()
+        for img in self.coco["images"]:
+            digest.update(f"{img['id']}:{img['file_name']};".encode())
+            for a in self.annotations(img["id"]):
+                digest.update(f"{a['category_id']}:{','.join(f'{v:.2f}' for v in a['bbox'])};".encode())
+        return digest.hexdigest()[:16]
+
+
+def _quiet_index(gt: COCO) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        gt.createIndex()
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """(image float CHW in [0, 1], {"boxes": xyxy float, "labels": 0..M-1, "image_id"}) pairs.
+
+    `class_ids` fixes the label order: label i is category `class_ids[i]`; annotations of
+    other categories are not targets (they are background for this detector).
+    """
+
+    def __init__(self, source: CocoSet, class_ids: Sequence[int], transform: Callable | None = None, image_ids: Sequence[int] | None = None):
+        self.source = source
+        self.class_ids = list(class_ids)
+        self.label_of = {c: i for i, c in enumerate(self.class_ids)}
+        self.transform = transform
+        self.ids = list(source.image_ids if image_ids is None else image_ids)
+        self._pixels: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pixels(self, image_id: int) -> torch.Tensor:
+        """uint8 CHW RGB, read once and kept (the benchmarks here are small)."""
+        if image_id not in self._pixels:
+            info = self.source.image(image_id)
+            path = self.source.image_root / info["file_name"]
+            try:
+                with Image.open(path) as im:
+                    arr = np.asarray(im.convert("RGB"))
+            except FileNotFoundError:
+                raise UsageError(f"image {path} (image id {image_id}) listed in the annotations does not exist") from None
+            except OSError as e:
+                raise UsageError(f"image {path} (image id {image_id}) cannot be read: {e}") from None
+            self._pixels[image_id] = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        return self._pixels[image_id]
+
+    def target(self, image_id: int) -> dict:
+        boxes, labels = [], []
+        for a in self.source.annotations(image_id):
+            if a["category_id"] not in self.label_of:
+                continue
+            x, y, w, h = a["bbox"]
+            if w <= 0 or h <= 0:  # degenerate boxes (real datasets have them) cannot be regressed
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(self.label_of[a["category_id"]])
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "image_id": image_id,
+        }
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        image = self.pixels(image_id).float().div_(255)
+        target = self.target(image_id)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)

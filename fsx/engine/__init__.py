@@ -1,0 +1,1 @@
+"""The optimisation loop, mixed precision, checkpoints, early stopping with rollback."""

@@ -1,0 +1,67 @@
+"""The one checkpoint format: weights, class list, model spec and the run's config.
+
+Written atomically (temp file + rename): a crash never leaves a half-written checkpoint
+under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fsx import __version__
+from fsx.errors import UsageError
+from fsx.models.detectors import build_detector
+
+FORMAT = "fsx-checkpoint-1"
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, spec: dict, classes: list[str], config: dict, **extra) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "fsx_version": __version__,
+        "model_spec": spec,
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise many kinds of errors
+        raise UsageError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UsageError(f"checkpoint {path} is not an fsx checkpoint (expected format '{FORMAT}')")
+    return payload
+
+
+def load_model(payload: dict) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    spec = dict(payload["model_spec"])
+    spec["backbone"] = {k: v for k, v in spec["backbone"].items() if k != "weights"}  # weights come from the state dict
+    model = build_detector(spec)
+    model.load_state_dict(payload["state_dict"])
+    return model

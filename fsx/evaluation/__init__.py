@@ -1,0 +1,1 @@
+"""Detections -> COCO results, COCO metrics, aggregation over repeats with confidence intervals."""

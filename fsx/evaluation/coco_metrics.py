@@ -1,0 +1,40 @@
+"""The one metrics function every verb calls: pycocotools' COCOeval on a `CocoSet`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from fsx.data.coco import CocoSet
+
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None) -> dict[str, float]:
+    """The 12 COCOeval stats (AP, AP50, ... ARl) plus per-class AP as `AP/<name>` and
+    `AP50/<name>`. -1 (no ground truth in an area range) is reported as NaN."""
+    coco_gt = gt.to_pycocotools()
+    cat_ids = category_ids if category_ids is not None else [c["id"] for c in gt.categories]
+    if not results:
+        stats = dict.fromkeys(COCO_STATS, 0.0)
+        stats.update({f"{m}/{gt.category_name(c)}": 0.0 for c in cat_ids for m in ("AP", "AP50")})
+        return stats
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.catIds = list(cat_ids)
+        evaluator.params.imgIds = gt.image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    out = {name: (float(v) if v >= 0 else float("nan")) for name, v in zip(COCO_STATS, evaluator.stats)}
+    precision = evaluator.eval["precision"]  # [iou, recall, class, area, maxdets]
+    for k, cid in enumerate(evaluator.params.catIds):
+        for name, iou_slice in (("AP", slice(None)), ("AP50", slice(0, 1))):
+            p = precision[iou_slice, :, k, 0, -1]
+            p = p[p > -1]
+            out[f"{name}/{gt.category_name(cid)}"] = float(np.mean(p)) if p.size else float("nan")
+    return out

@@ -1,0 +1,1 @@
+"""Detectors over torchvision: backbones, the detector factory, head surgery."""

@@ -1,0 +1,53 @@
+"""fsx adapt: fine-tune a pretrained checkpoint on one K-shot task of the fold's novel classes."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from fsx.data.coco import DetectionDataset
+from fsx.engine.checkpoint import save_checkpoint
+from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.finetune import adapt as fine_tune
+from fsx.run.fewshot import load_source, model_for_task, sample_task, score
+from fsx.run.setup import adapt_settings, plain, recorded_run
+
+
+def adapt(cfg) -> dict:
+    device = resolve_device(cfg.device)
+    settings = adapt_settings(cfg)
+    source = load_source(cfg)
+    task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
+    seed_everything(cfg.seed)
+    model = model_for_task(source.payload, task, device, int(cfg.seed))
+    tags = {"fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
+    with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags) as run:
+        run.log_dict({**task.manifest(), "split": source.split.manifest()}, "manifest.json")
+        started = time.monotonic()
+        result = fine_tune(model, DetectionDataset(task.support, task.class_ids), settings, device, seed=int(cfg.seed), amp=bool(cfg.amp))
+        seconds = time.monotonic() - started
+        run.log_metrics(
+            {"adapt/steps_run": result.steps_run, "adapt/seconds": seconds, "adapt/early_stopped": float(result.stopped_at is not None)}
+            | ({"adapt/final_loss": result.final_loss} if result.final_loss is not None else {}),
+            step=settings.steps,
+        )
+        if result.stopped_at is not None:
+            run.set_tags({"fsx.early_stopping": f"fired at step {result.stopped_at}, rolled back to step {result.rolled_back_to}"})
+        metrics = {}
+        if cfg.adapt.evaluate:
+            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp))
+            run.log_metrics(metrics, step=settings.steps)
+        spec = {**source.payload["model_spec"], "num_classes": len(task.class_ids)}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, {**plain(cfg), "dataset": source.dataset}, kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
+            run.log_file(path, "checkpoints")
+
+    stopped = f"; early stopping fired at step {result.stopped_at} (rolled back to {result.rolled_back_to})" if result.stopped_at else ""
+    scored = f"; test-test AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f}" if metrics else ""
+    print(
+        f"adapted to {', '.join(task.class_names)} ({task.shots}-shot, {len(task.support)} images, task_seed {task.seed}): "
+        f"{result.steps_run} steps in {seconds:.0f}s{stopped}{scored}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
+    )
+    return {"run_id": run.id, "metrics": metrics, "steps_run": result.steps_run}

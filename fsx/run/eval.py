@@ -1,0 +1,131 @@
+"""fsx eval: the Reptile thesis's few-shot protocol (PROTOCOLS 6.6).
+
+For r = 1..eval.repeats: sample a support set from test-adapt with task seed
+task_seed + r - 1, adapt from the checkpoint, and at every milestone score all of
+test-test with COCOeval. Per-repeat metrics are logged as `repeat_<r>/<metric>`, the
+aggregate as `<metric>` (= mean), `<metric>_mean`, `<metric>_std`, `<metric>_ci95`, all at
+MLflow step = the milestone. An adapted checkpoint whose classes are the evaluation
+classes is scored directly, without adapting again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+
+from fsx.data.coco import DetectionDataset
+from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.finetune import adapt as fine_tune
+from fsx.errors import UsageError
+from fsx.evaluation.aggregate import summarize
+from fsx.evaluation.coco_metrics import COCO_STATS
+from fsx.progress import progress
+from fsx.run.fewshot import is_adapted_to, load_source, model_for_task, sample_task, score
+from fsx.run.setup import adapt_settings, recorded_run
+
+TABLE_METRICS = ("AP50", "AP", "AP75")
+
+
+def _milestones(cfg, steps: int) -> list[int]:
+    try:
+        milestones = sorted({int(m) for m in cfg.eval.milestones})
+    except (TypeError, ValueError):
+        raise UsageError(f"eval.milestones={cfg.eval.milestones}: give a list of step counts, e.g. eval.milestones=[0,10,100]") from None
+    if not milestones or milestones[0] < 0:
+        raise UsageError(f"eval.milestones={list(cfg.eval.milestones)}: give non-negative step counts, e.g. [0,10,100]")
+    return milestones
+
+
+def evaluate(cfg) -> dict:
+    device = resolve_device(cfg.device)
+    if cfg.eval.repeats < 1:
+        raise UsageError(f"eval.repeats={cfg.eval.repeats} must be at least 1")
+    source = load_source(cfg)
+    milestones = _milestones(cfg, 0)
+    settings = adapt_settings(cfg)
+    settings.steps = milestones[-1]  # adapt as far as the last milestone
+    first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
+    direct = is_adapted_to(source.payload, first.class_names)
+    repeats = 1 if direct else int(cfg.eval.repeats)
+    if direct:
+        milestones = [0]
+    tags = {"fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
+    rows: list[dict] = []
+    manifests: list[dict] = []
+    with recorded_run(cfg, "eval", source.dataset, run_name=name, extra_tags=tags) as run:
+        started = time.monotonic()
+        for r in progress(range(1, repeats + 1), desc="eval repeats"):
+            task_seed = int(cfg.task_seed) + r - 1
+            task = first if r == 1 else sample_task(source.split, int(cfg.ways), int(cfg.shots), task_seed)
+            manifests.append(task.manifest())
+            seed_everything(int(cfg.seed) + r)
+            model = model_for_task(source.payload, task, device, int(cfg.seed) + r)
+
+            def on_milestone(step: int, model, r=r, task=task) -> None:
+                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")
+                rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, **metrics})
+                run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in COCO_STATS}, step=step)
+
+            if direct:
+                on_milestone(0, model)
+                continue
+            result = fine_tune(model, DetectionDataset(task.support, task.class_ids), settings, device, seed=int(cfg.seed) + r, amp=bool(cfg.amp), milestones=milestones, on_milestone=on_milestone, desc=f"adapt r{r}")
+            for row in rows:
+                if row["repeat"] == r:
+                    row["early_stopped_at"] = result.stopped_at if result.stopped_at is not None else ""
+        table = aggregate(rows, milestones)
+        for step, stats in table.items():
+            run.log_metrics(stats, step=step)
+        run.log_dict({"kind": "eval", "split": source.split.manifest(), "tasks": manifests}, "manifest.json")
+        run.log_text(_csv(rows), "eval/repeats.csv")
+        run.log_text(_csv([{"milestone": s, **v} for s, v in table.items()]), "eval/summary.csv")
+        run.log_metrics({"eval/seconds": time.monotonic() - started, "eval/repeats": repeats})
+
+    print(format_table(table, repeats, first, cfg, direct))
+    print(f"MLflow run: {run.id}")
+    return {"run_id": run.id, "table": table, "rows": rows}
+
+
+def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, float]]:
+    """Per milestone: <metric> (= mean), <metric>_mean, _std, _ci95 over repeats."""
+    table: dict[int, dict[str, float]] = {}
+    for step in milestones:
+        at = [row for row in rows if row["milestone"] == step]
+        out: dict[str, float] = {}
+        for metric in COCO_STATS:
+            s = summarize(row[metric] for row in at)
+            out[metric] = s["mean"]
+            out[f"{metric}_mean"], out[f"{metric}_std"], out[f"{metric}_ci95"] = s["mean"], s["std"], s["ci95"]
+        table[step] = out
+    return table
+
+
+def _fmt(mean: float, ci: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if math.isnan(ci) else f"{mean:.3f} ± {ci:.3f}"
+
+
+def format_table(table: dict[int, dict[str, float]], repeats: int, task, cfg, direct: bool) -> str:
+    head = (
+        f"\n{len(task.class_ids)}-way {cfg.shots}-shot on test-test ({', '.join(task.class_names)}), "
+        + ("adapted checkpoint scored directly" if direct else f"mean ± 95% CI over {repeats} tasks")
+    )
+    lines = [head, f"{'steps':>6}  " + "  ".join(f"{m:>15}" for m in TABLE_METRICS)]
+    for step, stats in table.items():
+        lines.append(f"{step:>6}  " + "  ".join(f"{_fmt(stats[m], stats[m + '_ci95']):>15}" for m in TABLE_METRICS))
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,73 @@
+"""fsx pretrain: train a detector on a fold's base classes with the configured algorithm."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from fsx.algorithms import PretrainData, build_algorithm
+from fsx.data.coco import DetectionDataset
+from fsx.data.transforms import build_transform
+from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
+from fsx.engine.device import resolve_device, seed_everything
+from fsx.errors import UsageError
+from fsx.models.detectors import build_detector
+from fsx.run.setup import benchmark_split, new_model_spec, output_dir, plain, recorded_run
+
+
+def pretrain(cfg) -> dict:
+    if cfg.train.steps < 1:
+        raise UsageError(f"train.steps={cfg.train.steps} must be at least 1")
+    device = resolve_device(cfg.device)
+    dataset_cfg = plain(cfg.dataset)
+    split = benchmark_split(dataset_cfg)
+    names = list(split.fold.base)
+    class_ids = [split.train.category_id(n) for n in names]
+    resume = read_checkpoint(Path(cfg.resume).expanduser()) if cfg.resume else None
+    if resume is not None and "train_state" not in resume:
+        raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
+
+    seed_everything(cfg.seed)
+    spec = new_model_spec(cfg, len(class_ids))
+    model = (load_model(resume) if resume else build_detector(spec)).to(device)
+    algorithm = build_algorithm(**plain(cfg.algorithm))
+    start_step = 0
+    if resume:
+        start_step = int(resume["train_state"]["step"])
+        algorithm.load_state_dict(resume["train_state"]["algorithm"])
+    transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
+    data = PretrainData(split.train, class_ids, names, DetectionDataset(split.train, class_ids, transform))
+    config = plain(cfg)
+    last_path = output_dir() / "checkpoints" / "last.pt"
+
+    extra_tags = {"fsx.resumed_from": str(cfg.resume)} if resume else {}
+    with recorded_run(cfg, "pretrain", dataset_cfg, run_name=f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}", extra_tags=extra_tags) as run:
+        run.log_dict(split.manifest(), "manifest.json")
+        run.log_params({"model": {"parameters": sum(p.numel() for p in model.parameters())}, "train_images": len(split.train), "device_used": str(device)})
+        window: list[float] = []
+        started = time.monotonic()
+
+        def on_step(step: int, losses: dict[str, float]) -> None:
+            window.append(losses["loss"])
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                run.log_metrics({f"train/{k}": v for k, v in losses.items()}, step=step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+                save_checkpoint(last_path, model, spec, names, config, train_state={"step": step, "algorithm": algorithm.state_dict()}, kind="pretrain")
+
+        last = algorithm.pretrain(model, data, int(cfg.train.steps), device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
+        seconds = time.monotonic() - started
+        tail = window[-50:]
+        final_loss = sum(tail) / len(tail) if tail else float("nan")
+        run.log_metrics({"train/final_loss": final_loss, "train/seconds": seconds, "train/steps_per_second": (last - start_step) / max(seconds, 1e-9)}, step=last)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id)
+            run.log_file(path, "checkpoints")
+        last_path.unlink(missing_ok=True)  # finished: the run's artifact is the checkpoint now
+
+    print(
+        f"pretrained {cfg.algorithm.name} on {dataset_cfg['name']} fold {dataset_cfg['fold']} "
+        f"({len(names)} base classes, {len(split.train)} images): {last} steps in {seconds:.0f}s on {device}, "
+        f"final loss {final_loss:.3f}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
+    )
+    return {"run_id": run.id, "steps": last, "final_loss": final_loss}

@@ -1,0 +1,139 @@
+"""The cfg -> objects glue every verb shares: the benchmark split, the model spec, the
+adaptation settings, and the MLflow run with the contract's tags and files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from fsx import tracking
+from fsx.data.coco import CocoSet
+from fsx.data.folds import Split, letters_fold, split_by_fold
+from fsx.data.letters import LettersSpec, letters_cache
+from fsx.engine.finetune import AdaptSettings
+from fsx.errors import UsageError
+from fsx.models.detectors import model_spec
+
+PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"
+PARENT_RUN_FILE = "fsx_parent_run_id"
+
+
+def plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def benchmark_split(dataset: dict) -> Split:
+    """The fold's train / test-adapt / test-test split of the configured dataset."""
+    name = dataset["name"]
+    if name != "letters":
+        raise UsageError(f"dataset={name} is not available yet; choose letters")
+    fold = letters_fold(int(dataset["fold"]))
+    spec = LettersSpec(**dataset["generator"])
+    root = letters_cache(spec, Path(dataset["cache_dir"]))
+    source = CocoSet.load(root / "annotations.json", root)
+    return split_by_fold(source, fold, int(dataset["split_seed"]))
+
+
+def new_model_spec(cfg, num_classes: int) -> dict:
+    return model_spec(plain(cfg.detector), plain(cfg.backbone), num_classes, cfg.dataset.image_size, cfg.dataset.image_mean, cfg.dataset.image_std)
+
+
+def adapt_settings(cfg) -> AdaptSettings:
+    a = cfg.adapt
+    if a.steps < 0:
+        raise UsageError(f"adapt.steps={a.steps} must be >= 0")
+    return AdaptSettings(
+        steps=int(a.steps), lr=float(a.lr), batch_size=int(a.batch_size), weight_decay=float(a.weight_decay),
+        beta1=float(a.beta1), params=str(a.params), clip_norm=a.clip_norm, early_stopping=bool(a.early_stopping),
+        window=int(a.window), factor=float(a.factor),
+    )
+
+
+def dataset_for_checkpoint(cfg, checkpoint_config: dict | None) -> dict:
+    """Adapt and eval use the dataset (and fold) the checkpoint was pretrained on, unless the
+    command line sets `dataset...` itself: adapting to another fold's novel classes would
+    adapt to classes the model was trained on."""
+    overridden = any(o.lstrip("+~").startswith("dataset") for o in _command_line_overrides())
+    if checkpoint_config and "dataset" in checkpoint_config and not overridden:
+        return dict(checkpoint_config["dataset"])
+    chosen = plain(cfg.dataset)
+    if checkpoint_config and "dataset" in checkpoint_config:
+        old = checkpoint_config["dataset"]
+        if old.get("name") == chosen["name"] and old.get("fold") != chosen["fold"]:
+            print(
+                f"warning: the checkpoint was pretrained on {old['name']} fold {old.get('fold')}; "
+                f"fold {chosen['fold']}'s novel classes may have been base classes in pretraining",
+                file=sys.stderr,
+            )
+    return chosen
+
+
+def _command_line_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - called outside Hydra (from Python): no command line
+        return []
+
+
+def _parent_run_id() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
+        if marker.is_file():
+            return marker.read_text().strip()
+    except Exception:  # noqa: BLE001
+        return None
+    return os.environ.get(PARENT_RUN_ENV)
+
+
+def output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001
+        return Path("outputs")
+
+
+def run_tags(command: str, dataset: dict, cfg) -> dict[str, str]:
+    return {
+        "fsx.command": command,
+        "fsx.dataset": dataset["name"],
+        "fsx.fold": str(dataset["fold"]),
+        "fsx.algorithm": cfg.algorithm.name,
+        "fsx.detector": cfg.detector.name,
+        "fsx.backbone": cfg.backbone.name,
+    }
+
+
+@contextlib.contextmanager
+def recorded_run(cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None) -> Iterator[tracking.Run]:
+    """An MLflow run with the contract's tags, config.yaml and params; prints its id.
+
+    A failure inside is recorded as the tag `fsx.error` before the run is marked FAILED.
+    """
+    tags = {**run_tags(command, dataset, cfg), **(extra_tags or {})}
+    with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id()) as run:
+        print(f"fsx {command}: MLflow run {run.id} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
+        config = plain(cfg)
+        config["dataset"] = dataset
+        run.log_text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+        run.log_params({k: v for k, v in config.items() if k not in ("mlflow",)})
+        try:
+            yield run
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                run.set_tags({"fsx.error": f"{type(e).__name__}: {e}"[:5000]})
+            raise

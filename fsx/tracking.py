@@ -1,0 +1,200 @@
+"""Everything fsx records goes through here: the only module that imports mlflow.
+
+A run is opened with `open_run`; a multirun's parent run with `create_parent_run`. A
+checkpoint reference (`runs:/<id>[/path]`, `latest`, or a file) becomes a local file with
+`resolve_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from fsx.errors import UsageError
+
+CHECKPOINT_ARTIFACT = "checkpoints/model.pt"
+
+for _name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(tracking_uri: str, experiment: str) -> str:
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    client = _client(tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception as e:  # noqa: BLE001 - unreachable server, unwritable db, bad URI
+        raise UsageError(f"mlflow.tracking_uri={tracking_uri} cannot be opened: {e}") from None
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(experiment)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+class Run:
+    """A thin handle on one open MLflow run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.id = tracking_uri, run_id
+        self._client = _client(tracking_uri)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self._client.log_batch(self.id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._client.set_tag(self.id, k, str(v))
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        self._client.log_dict(self.id, obj, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.id, text, artifact_file)
+
+    def log_file(self, local_path: Path | str, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.id, str(local_path), artifact_path)
+
+
+@contextlib.contextmanager
+def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[Run]:
+    """A new run, ended FINISHED on success, FAILED on error, KILLED on Ctrl-C."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    experiment_id = _experiment_id(tracking_uri, experiment)
+    client = _client(tracking_uri)
+    all_tags = {MLFLOW_RUN_NAME: run_name, **{k: str(v) for k, v in tags.items()}}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    created = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    run = Run(tracking_uri, created.info.run_id)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        client.set_terminated(run.id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run.id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run.id, "FINISHED")
+
+
+def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    experiment_id = _experiment_id(tracking_uri, experiment)
+    run = _client(tracking_uri).create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
+    return run.info.run_id
+
+
+def child_runs(tracking_uri: str, parent_run_id: str) -> list[dict]:
+    """[{id, name, status}] of a multirun's jobs, oldest first."""
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "error": r.data.tags.get("fsx.error")} for r in runs]
+
+
+def finish_parent_run(tracking_uri: str, parent_run_id: str, failed: bool = False) -> list[dict]:
+    """End a multirun's parent run (FAILED if `failed` or any child failed); return its children."""
+    children = child_runs(tracking_uri, parent_run_id)
+    client = _client(tracking_uri)
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        failed = failed or any(c["status"] != "FINISHED" for c in children)
+        client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    return children
+
+
+def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain") -> str:
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = []
+    if exp is not None:
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`fsx.command` = '{command}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not runs:
+        raise UsageError(f"checkpoint=latest: no finished '{command}' run in experiment '{experiment}' at {tracking_uri}")
+    return runs[0].info.run_id
+
+
+def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tuple[Path, str | None]:
+    """A local checkpoint file for `reference`, and the run id it came from (None for a file).
+
+    reference: `runs:/<run_id>` (its checkpoints/model.pt), `runs:/<run_id>/<artifact path>`,
+    `latest` (the newest finished pretrain run of the experiment), or a file path.
+    """
+    if reference in (None, "", "None"):
+        raise UsageError("this command needs a checkpoint: add checkpoint=runs:/<run_id>, checkpoint=latest or checkpoint=<file.pt>")
+    reference = str(reference)
+    if reference.startswith("latest"):
+        command = reference.split(":", 1)[1] if ":" in reference else "pretrain"
+        reference = f"runs:/{latest_run_id(tracking_uri, experiment, command)}"
+    if not reference.startswith("runs:/"):
+        path = Path(reference).expanduser()
+        if not path.is_file():
+            raise UsageError(f"checkpoint={reference}: no such file (use runs:/<run_id> for an MLflow run)")
+        return path, None
+    rest = reference[len("runs:/") :].strip("/")
+    run_id, _, artifact = rest.partition("/")
+    artifact = artifact or CHECKPOINT_ARTIFACT
+    client = _client(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - mlflow raises MlflowException for unknown ids
+        raise UsageError(f"checkpoint={reference}: no run '{run_id}' in the MLflow store at {tracking_uri}") from None
+    target = Path(tempfile.mkdtemp(prefix="fsx-ckpt-"))
+    try:
+        local = client.download_artifacts(run_id, artifact, str(target))
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"checkpoint={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
+    return Path(local), run_id
