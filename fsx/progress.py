@@ -6,6 +6,7 @@ bar turns into one unreadable line, so we print a plain line every ~10% or 30 se
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -48,8 +49,7 @@ class _LineProgress:
         if due or now - self.last_print >= 30:
             self._print(now)
             if self.total:
-                while self.next_fraction <= self.n / self.total:
-                    self.next_fraction += 0.1
+                self.next_fraction = (math.floor(self.n * 10 / self.total) + 1) / 10
 
     def _print(self, now: float) -> None:
         self.last_print, self.n_printed = now, self.n

@@ -155,6 +155,9 @@ def letters_cache(spec: LettersSpec, cache_root: Path, show_progress: bool = Tru
         try:
             generate(spec, tmp, show_progress=show_progress)
             (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a shared cache needs the usual mode
             if final.exists():  # a half-written set from a crash before the rename existed
                 shutil.rmtree(final)
             os.replace(tmp, final)

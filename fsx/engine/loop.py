@@ -74,13 +74,15 @@ def train(
     desc: str = "train",
     on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
     stop_on_nonfinite: bool = True,
+    train_mode: Callable[[nn.Module], None] | None = None,
 ) -> int:
     """Run optimiser steps start_step+1..steps. `on_step(step, losses)` may return True to stop.
 
     Returns the last step run. A non-finite loss stops training with a clear error, unless
     `stop_on_nonfinite` is off because the caller handles divergence itself (adaptation rolls back).
+    `train_mode(model)` replaces `model.train()` when parts must stay in eval mode.
     """
-    model.train()
+    train_mode(model) if train_mode is not None else model.train()
     bar = progress(total=steps - start_step, desc=desc)
     step = start_step
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import numpy as np
+from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fsx.data.coco import CocoSet
@@ -18,12 +20,13 @@ def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | Non
     `AP50/<name>`. -1 (no ground truth in an area range) is reported as NaN."""
     coco_gt = gt.to_pycocotools()
     cat_ids = category_ids if category_ids is not None else [c["id"] for c in gt.categories]
-    if not results:
-        stats = dict.fromkeys(COCO_STATS, 0.0)
-        stats.update({f"{m}/{gt.category_name(c)}": 0.0 for c in cat_ids for m in ("AP", "AP50")})
-        return stats
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes rejects an empty list; an empty result set must score like any other
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": copy.deepcopy(coco_gt.dataset["images"]), "annotations": [], "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.params.catIds = list(cat_ids)
         evaluator.params.imgIds = gt.image_ids

@@ -43,7 +43,7 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class TinyBody(nn.Sequential):
     """Ten conv-BN-ReLU layers, five stride-2 stages: small enough to train on a laptop CPU."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 96, 128, 128)):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128, 128)):
         w = widths
         super().__init__(
             OrderedDict(
@@ -56,7 +56,7 @@ class TinyBody(nn.Sequential):
         )
 
 
-def tiny_backbone(out_channels: int = 64, widths: tuple[int, ...] = (32, 64, 96, 128, 128), extra_levels: int = 0) -> FPNBackbone:
+def tiny_backbone(out_channels: int = 64, widths: tuple[int, ...] = (16, 32, 64, 128, 128), extra_levels: int = 0) -> FPNBackbone:
     return FPNBackbone(TinyBody(tuple(widths)), {"c3": "0", "c4": "1", "c5": "2"}, list(widths[2:]), [8, 16, 32], out_channels, extra_levels)
 
 
@@ -74,6 +74,8 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         raise UsageError(f"backbone.weights={path} is not a readable PyTorch state dict: {e}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UsageError(f"backbone.weights={path} holds a {type(state).__name__}, not a state dict (parameter names -> tensors)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]

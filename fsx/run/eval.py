@@ -28,7 +28,7 @@ from fsx.run.setup import adapt_settings, recorded_run
 TABLE_METRICS = ("AP50", "AP", "AP75")
 
 
-def _milestones(cfg, steps: int) -> list[int]:
+def _milestones(cfg) -> list[int]:
     try:
         milestones = sorted({int(m) for m in cfg.eval.milestones})
     except (TypeError, ValueError):
@@ -43,7 +43,7 @@ def evaluate(cfg) -> dict:
     if cfg.eval.repeats < 1:
         raise UsageError(f"eval.repeats={cfg.eval.repeats} must be at least 1")
     source = load_source(cfg)
-    milestones = _milestones(cfg, 0)
+    milestones = _milestones(cfg)
     settings = adapt_settings(cfg)
     settings.steps = milestones[-1]  # adapt as far as the last milestone
     first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))

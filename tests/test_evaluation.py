@@ -1,0 +1,167 @@
+"""COCO metrics on hand-made cases and the over-repeats summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fsx.data.coco import CocoSet
+from fsx.evaluation.aggregate import summarize
+from fsx.evaluation.coco_metrics import COCO_STATS, coco_metrics
+
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's 101-point interpolation
+
+
+def gt_set(objects: dict[int, list[tuple[str, list[float]]]], size: int = 200) -> CocoSet:
+    """{image_id: [(class name, xywh), ...]} with classes A (id 1) and B (id 2)."""
+    cats = [{"id": 1, "name": "A"}, {"id": 2, "name": "B"}]
+    images = [{"id": i, "file_name": f"{i}.png", "width": size, "height": size} for i in objects]
+    anns = []
+    for i, objs in objects.items():
+        for name, box in objs:
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1 if name == "A" else 2, "bbox": list(box), "area": box[2] * box[3], "iscrowd": 0})
+    return CocoSet({"images": images, "annotations": anns, "categories": cats}, ".")
+
+
+def det(image_id: int, category_id: int, box, score: float) -> dict:
+    return {"image_id": image_id, "category_id": category_id, "bbox": list(box), "score": score}
+
+
+# Medium-sized objects (32^2 < area <= 96^2), so the area-range stats are defined for "medium" only.
+BOX_A = [10.0, 10.0, 40.0, 40.0]
+BOX_B = [100.0, 100.0, 50.0, 40.0]
+
+
+@pytest.fixture()
+def two_images() -> CocoSet:
+    return gt_set({1: [("A", BOX_A), ("B", BOX_B)], 2: [("A", [60.0, 20.0, 45.0, 45.0])]})
+
+
+def test_perfect_detections(two_images):
+    results = [det(a["image_id"], a["category_id"], a["bbox"], 0.9) for a in two_images.coco["annotations"]]
+    m = coco_metrics(two_images, results)
+    assert set(COCO_STATS) <= set(m)
+    for key in ("AP", "AP50", "AP75", "APm", "AR1", "AR10", "AR100", "ARm", "AP/A", "AP/B", "AP50/A", "AP50/B"):
+        assert m[key] == pytest.approx(1.0), key
+    # no small or large objects: COCOeval's -1 becomes NaN
+    for key in ("APs", "APl", "ARs", "ARl"):
+        assert math.isnan(m[key]), key
+
+
+def test_no_detections(two_images):
+    m = coco_metrics(two_images, [])
+    for key in ("AP", "AP50", "AP75", "APm", "AR1", "AR10", "AR100", "ARm", "AP/A", "AP/B", "AP50/A", "AP50/B"):
+        assert m[key] == 0.0, key
+    assert set(m) == set(COCO_STATS) | {"AP/A", "AP/B", "AP50/A", "AP50/B"}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all((math.isnan(a[k]) and math.isnan(b[k])) or a[k] == pytest.approx(b[k]) for k in a)
+
+
+def test_no_detections_reports_like_a_useless_detection():
+    gt = gt_set({1: [("A", BOX_A)]})  # one medium A, no B, nothing small or large
+    useless = coco_metrics(gt, [det(1, 1, [150.0, 150.0, 40.0, 40.0], 0.01)])
+    assert useless["AP"] == 0.0 and math.isnan(useless["APl"]) and math.isnan(useless["AP/B"])
+    assert _same(coco_metrics(gt, []), useless)
+
+
+def test_detections_of_the_wrong_class_score_zero(two_images):
+    results = [det(a["image_id"], 3 - a["category_id"], a["bbox"], 0.9) for a in two_images.coco["annotations"]]
+    m = coco_metrics(two_images, results)
+    assert m["AP50"] == 0.0 and m["AP"] == 0.0 and m["AP50/A"] == 0.0
+
+
+def test_iou_above_one_half_only_counts_for_ap50():
+    gt = gt_set({1: [("A", BOX_A)]})
+    # same top-left corner, 25 of 40 wide: IoU = 25*40 / (40*40) = 0.625
+    m = coco_metrics(gt, [det(1, 1, [10.0, 10.0, 25.0, 40.0], 0.9)])
+    assert m["AP50"] == pytest.approx(1.0)
+    assert m["AP75"] == 0.0
+    # thresholds 0.50, 0.55, 0.60 of the ten 0.50:0.05:0.95 match
+    assert m["AP"] == pytest.approx(0.3)
+    assert m["AP50/A"] == pytest.approx(1.0)
+    assert m["AP/A"] == pytest.approx(0.3)
+    assert math.isnan(m["AP/B"])  # no ground truth for B
+
+
+def test_a_higher_scored_false_positive_halves_ap50():
+    gt = gt_set({1: [("A", BOX_A)]})
+    results = [det(1, 1, [150.0, 150.0, 40.0, 40.0], 0.9), det(1, 1, BOX_A, 0.8)]
+    # ranked: FP (precision 0, recall 0), TP (precision 1/2, recall 1); the interpolated
+    # precision is 1/2 at every recall threshold
+    m = coco_metrics(gt, results)
+    assert m["AP50"] == pytest.approx(0.5)
+    assert m["AP50/A"] == pytest.approx(0.5)
+    # the false positive ranked below the true positive costs nothing
+    results[0]["score"] = 0.7
+    assert coco_metrics(gt, results)["AP50"] == pytest.approx(1.0)
+
+
+def test_a_false_positive_between_two_true_positives():
+    gt = gt_set({1: [("A", BOX_A)], 2: [("A", BOX_A)]})
+    results = [det(1, 1, BOX_A, 0.9), det(1, 1, [150.0, 150.0, 40.0, 40.0], 0.8), det(2, 1, BOX_A, 0.7)]
+    # ranked TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1; interpolated precision
+    # is 1 for recall thresholds <= 1/2 and 2/3 above, averaged over the 101 thresholds
+    low = int(np.sum(RECALL_THRESHOLDS <= 0.5))
+    assert low == 51
+    expected = (low * 1.0 + (101 - low) * 2 / 3) / 101
+    m = coco_metrics(gt, results)
+    assert m["AP50"] == pytest.approx(expected)
+    assert m["AP50"] == pytest.approx(0.834983, abs=1e-6)
+    assert m["AP50/A"] == pytest.approx(expected)
+
+
+def test_per_class_keys_and_category_subset(two_images):
+    results = [det(a["image_id"], a["category_id"], a["bbox"], 0.9) for a in two_images.coco["annotations"] if a["category_id"] == 1]
+    m = coco_metrics(two_images, results)
+    assert m["AP50/A"] == pytest.approx(1.0) and m["AP50/B"] == 0.0
+    assert m["AP50"] == pytest.approx(0.5)  # mean over the two classes
+    only_a = coco_metrics(two_images, results, category_ids=[1])
+    assert only_a["AP50"] == pytest.approx(1.0)
+    assert "AP50/A" in only_a and "AP50/B" not in only_a
+
+
+# --- summarize ---------------------------------------------------------------------------
+
+
+def test_summarize_matches_scipy():
+    values = [0.31, 0.42, 0.38, 0.29, 0.45, 0.40]
+    s = summarize(values)
+    x = np.array(values)
+    assert s["n"] == 6
+    assert s["mean"] == pytest.approx(x.mean())
+    assert s["std"] == pytest.approx(np.sqrt(((x - x.mean()) ** 2).sum() / 5))
+    half = stats.t.ppf(0.975, 5) * s["std"] / math.sqrt(6)
+    assert s["ci95"] == pytest.approx(half)
+    assert s["ci95"] == pytest.approx(2.570582 * s["std"] / math.sqrt(6), rel=1e-6)
+    lo, hi = stats.t.interval(0.95, 5, loc=x.mean(), scale=stats.sem(x))
+    assert (s["mean"] - s["ci95"], s["mean"] + s["ci95"]) == pytest.approx((lo, hi))
+
+
+def test_summarize_ignores_nan():
+    s = summarize([1.0, float("nan"), 3.0])
+    assert s["n"] == 2 and s["mean"] == 2.0
+    assert s["std"] == pytest.approx(math.sqrt(2))
+    assert s["ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
+
+
+def test_summarize_one_value():
+    s = summarize([0.7])
+    assert s["n"] == 1 and s["mean"] == 0.7
+    assert math.isnan(s["std"]) and math.isnan(s["ci95"])
+
+
+def test_summarize_nothing():
+    for values in ([], [float("nan")] * 3):
+        s = summarize(values)
+        assert s["n"] == 0
+        assert math.isnan(s["mean"]) and math.isnan(s["std"]) and math.isnan(s["ci95"])
+
+
+def test_summarize_constant_values_have_no_spread():
+    s = summarize(iter([0.5] * 4))  # any iterable
+    assert s == {"mean": 0.5, "std": 0.0, "ci95": 0.0, "n": 4}
