@@ -83,20 +83,50 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
         _fail(f"cannot parse the overrides {' '.join(overrides)}: {e}")
     except Exception:  # noqa: BLE001 - sweeper-specific syntax (ranges, intervals): Hydra validates it
         return 0
+    wrong: list[str] = []
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            from omegaconf import OmegaConf
+
+            groups = set(compose(config_name=verb, return_hydra_config=True).hydra.runtime.choices)
             for job in jobs[:200]:
                 cfg = compose(config_name=verb, overrides=list(job))
                 # resolve interpolations now: a bad ${...} is a usage error too
-                from omegaconf import OmegaConf
-
-                OmegaConf.to_container(cfg, resolve=True)
+                chosen = OmegaConf.to_container(cfg, resolve=True)
+                # a value must keep its default's type (train.steps=abc is not a step count)
+                selections = [o for o in job if o.split("=", 1)[0].split("@", 1)[0].lstrip("+~") in groups]
+                reference = OmegaConf.to_container(compose(config_name=verb, overrides=selections), resolve=True)
+                wrong += [w for w in _type_errors(reference, chosen) if w not in wrong]
     except (HydraException, OmegaConfBaseException) as e:
-        message = " ".join(part for part in (str(e).strip(), str(e.__cause__ or "").strip()) if part).replace("\n", " ")
+        message = " ".join(" ".join(str(part).split()) for part in (e, e.__cause__ or "") if str(part).strip())
         if "Could not override" in message or "not in struct" in message:
             message += " (run `fsx %s --cfg job` to see every key)" % verb
         _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {message}")
+    if wrong:
+        _fail(f"bad value for `fsx {verb} {' '.join(overrides)}`: {'; '.join(wrong)} (run `fsx {verb} --cfg job` to see every key)")
     return len(jobs)
+
+
+_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (list, "a list"), (dict, "a mapping"))
+
+
+def _type_errors(reference: dict, chosen: dict, prefix: str = "") -> list[str]:
+    """Keys whose chosen value has another type than their default (null is not checked)."""
+    errors: list[str] = []
+    for key, default in reference.items():
+        value, name = chosen.get(key), f"{prefix}{key}"
+        if default is None or value is None:
+            continue
+        if isinstance(default, dict) and isinstance(value, dict):
+            errors += _type_errors(default, value, name + ".")
+            continue
+        for kind, words in _KINDS:
+            if isinstance(default, kind):
+                fits = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+                if not fits:
+                    errors.append(f"{name}={value!r} should be {words} (default {default!r})")
+                break
+    return errors
 
 
 def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> None:
@@ -165,16 +195,22 @@ def _finish_multirun() -> None:
         raise SystemExit(1)
 
 
+def _runner(verb: str) -> Callable:
+    """The verb's function, imported only when a job runs: torch and mlflow take seconds to
+    import, and `--help`, `--cfg job` and bad usage should answer at once."""
+    import importlib
+
+    module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate")}[verb]
+    return getattr(importlib.import_module(f"fsx.run.{module}"), function)
+
+
 def _verb(name: str, summary: str) -> Callable:
     def command(
         ctx: typer.Context,
         multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: one job per combination of comma-separated override values; one MLflow parent run + a child per job."),
     ) -> None:
-        from fsx.run import adapt, eval, pretrain  # noqa: A004 - deferred: torch imports are slow
-
-        runners = {"pretrain": pretrain.pretrain, "adapt": adapt.adapt, "eval": eval.evaluate}
         try:
-            run_verb(name, list(ctx.args), multirun, runners[name])
+            run_verb(name, list(ctx.args), multirun, lambda cfg: _runner(name)(cfg))
         except UsageError as e:
             _fail(str(e), e.exit_code)
 

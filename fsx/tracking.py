@@ -163,7 +163,8 @@ def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain")
             max_results=1,
         )
     if not runs:
-        raise UsageError(f"checkpoint=latest: no finished '{command}' run in experiment '{experiment}' at {tracking_uri}")
+        name = "latest" if command == "pretrain" else f"latest:{command}"
+        raise UsageError(f"checkpoint={name}: no finished '{command}' run in experiment '{experiment}' at {tracking_uri}")
     return runs[0].info.run_id
 
 
@@ -192,9 +193,15 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
         client.get_run(run_id)
     except Exception:  # noqa: BLE001 - mlflow raises MlflowException for unknown ids
         raise UsageError(f"checkpoint={reference}: no run '{run_id}' in the MLflow store at {tracking_uri}") from None
-    target = Path(tempfile.mkdtemp(prefix="fsx-ckpt-"))
-    try:
-        local = client.download_artifacts(run_id, artifact, str(target))
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"checkpoint={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
-    return Path(local), run_id
+    # Artifacts never change once logged: keep one local copy per run and artifact.
+    final = Path(os.environ.get("FSX_CACHE", "~/.cache/fsx")).expanduser() / "checkpoints" / run_id / artifact
+    if final.is_file():
+        return final, run_id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=final.parent) as tmp:
+        try:
+            local = client.download_artifacts(run_id, artifact, tmp)
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"checkpoint={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
+        os.replace(local, final)
+    return final, run_id

@@ -43,6 +43,8 @@ class Task:
 
 def choose_classes(class_names: list[str], ways: int, seed: int) -> list[str]:
     """`ways` of the candidate classes (all of them, in the given order, when ways equals their number)."""
+    if ways < 1:
+        raise UsageError(f"ways={ways}: a task needs at least one class")
     if ways > len(class_names):
         raise UsageError(f"ways={ways} but only {len(class_names)} novel classes exist ({', '.join(class_names)})")
     if ways == len(class_names):

@@ -11,7 +11,7 @@ from fsx.engine.checkpoint import save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.run.fewshot import load_source, model_for_task, sample_task, score
-from fsx.run.setup import adapt_settings, plain, recorded_run
+from fsx.run.wiring import adapt_settings, recorded_run, run_config
 
 
 def adapt(cfg) -> dict:
@@ -23,7 +23,7 @@ def adapt(cfg) -> dict:
     model = model_for_task(source.payload, task, device, int(cfg.seed))
     tags = {"fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
-    with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags) as run:
+    with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         run.log_dict({**task.manifest(), "split": source.split.manifest()}, "manifest.json")
         started = time.monotonic()
         result = fine_tune(model, DetectionDataset(task.support, task.class_ids), settings, device, seed=int(cfg.seed), amp=bool(cfg.amp))
@@ -41,7 +41,7 @@ def adapt(cfg) -> dict:
             run.log_metrics(metrics, step=settings.steps)
         spec = {**source.payload["model_spec"], "num_classes": len(task.class_ids)}
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, {**plain(cfg), "dataset": source.dataset}, kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
+            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
             run.log_file(path, "checkpoints")
 
     stopped = f"; early stopping fired at step {result.stopped_at} (rolled back to {result.rolled_back_to})" if result.stopped_at else ""

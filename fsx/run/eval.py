@@ -23,7 +23,7 @@ from fsx.evaluation.aggregate import summarize
 from fsx.evaluation.coco_metrics import COCO_STATS
 from fsx.progress import progress
 from fsx.run.fewshot import is_adapted_to, load_source, model_for_task, sample_task, score
-from fsx.run.setup import adapt_settings, recorded_run
+from fsx.run.wiring import adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75")
 
@@ -55,7 +55,7 @@ def evaluate(cfg) -> dict:
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []
-    with recorded_run(cfg, "eval", source.dataset, run_name=name, extra_tags=tags) as run:
+    with recorded_run(cfg, "eval", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         started = time.monotonic()
         for r in progress(range(1, repeats + 1), desc="eval repeats"):
             task_seed = int(cfg.task_seed) + r - 1

@@ -14,7 +14,7 @@ from fsx.engine.checkpoint import load_model, read_checkpoint
 from fsx.evaluation.coco_metrics import coco_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.heads import num_classes, reset_class_head
-from fsx.run.setup import benchmark_split, dataset_for_checkpoint
+from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
 
 
 @dataclasses.dataclass

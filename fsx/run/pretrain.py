@@ -13,7 +13,7 @@ from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.errors import UsageError
 from fsx.models.detectors import build_detector
-from fsx.run.setup import benchmark_split, new_model_spec, output_dir, plain, recorded_run
+from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run
 
 
 def pretrain(cfg) -> dict:

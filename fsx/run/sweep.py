@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fsx import tracking
-from fsx.run.setup import PARENT_RUN_ENV, PARENT_RUN_FILE
+from fsx.run.wiring import PARENT_RUN_ENV, PARENT_RUN_FILE
 
 FAILURES_FILE = "fsx_failed_jobs.txt"
 LAST_SWEEP: dict[str, str] = {}  # the sweep this process started: parent id, store, directory

@@ -107,28 +107,39 @@ def output_dir() -> Path:
         return Path("outputs")
 
 
-def run_tags(command: str, dataset: dict, cfg) -> dict[str, str]:
+MODEL_GROUPS = ("algorithm", "detector", "backbone")
+
+
+def run_config(cfg, dataset: dict, checkpoint_config: dict | None = None) -> dict:
+    """The config a run records: the command line's, with the dataset in force and, for a run
+    that starts from a checkpoint, the checkpoint's model groups (what the model really is)."""
+    config = plain(cfg)
+    config["dataset"] = dataset
+    for group in MODEL_GROUPS:
+        if checkpoint_config and isinstance(checkpoint_config.get(group), dict):
+            config[group] = checkpoint_config[group]
+    return config
+
+
+def run_tags(command: str, dataset: dict, config: dict) -> dict[str, str]:
     return {
         "fsx.command": command,
         "fsx.dataset": dataset["name"],
         "fsx.fold": str(dataset["fold"]),
-        "fsx.algorithm": cfg.algorithm.name,
-        "fsx.detector": cfg.detector.name,
-        "fsx.backbone": cfg.backbone.name,
+        **{f"fsx.{group}": str(config[group]["name"]) for group in MODEL_GROUPS},
     }
 
 
 @contextlib.contextmanager
-def recorded_run(cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None) -> Iterator[tracking.Run]:
+def recorded_run(cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None, checkpoint_config: dict | None = None) -> Iterator[tracking.Run]:
     """An MLflow run with the contract's tags, config.yaml and params; prints its id.
 
     A failure inside is recorded as the tag `fsx.error` before the run is marked FAILED.
     """
-    tags = {**run_tags(command, dataset, cfg), **(extra_tags or {})}
+    config = run_config(cfg, dataset, checkpoint_config)
+    tags = {**run_tags(command, dataset, config), **(extra_tags or {})}
     with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id()) as run:
         print(f"fsx {command}: MLflow run {run.id} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
-        config = plain(cfg)
-        config["dataset"] = dataset
         run.log_text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
         run.log_params({k: v for k, v in config.items() if k not in ("mlflow",)})
         try:
