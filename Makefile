@@ -30,7 +30,7 @@ bench: install
 	$(BIN)/python bench/run.py
 
 lint: install
-	$(BIN)/python -m compileall -q fsx tests bench
+	$(BIN)/ruff check fsx tests bench
 
 clean:
 	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache

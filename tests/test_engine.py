@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from fsx.data.coco import CocoSet, DetectionDataset
-from fsx.data.letters import LettersSpec, letters_cache
 from fsx.data.shots import sample_shots
 from fsx.engine import checkpoint as ckpt_mod
 from fsx.engine import finetune
@@ -21,21 +19,7 @@ from fsx.engine.loop import infinite_batches, warmup_step_schedule
 from fsx.errors import UsageError
 from fsx.models.detectors import build_detector
 
-SPEC = LettersSpec(num_images=200)
-
-
-@pytest.fixture(scope="session")
-def letters_source(tmp_path_factory) -> Path:
-    return letters_cache(SPEC, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a loaded 2-core machine, intra-op threads spin against each other; one is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_spec(num_classes: int = 3) -> dict:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import pytest
 
 from fsx.data.coco import CocoSet
 from fsx.data.folds import LETTERS_FOLDS, letters_fold, split_by_fold
-from fsx.data.letters import LETTERS, LettersSpec, letters_cache
+from fsx.data.letters import LETTERS
 from fsx.errors import UsageError
-
-SPEC = LettersSpec(num_images=200)
-
-
-@pytest.fixture(scope="session")
-def letters_source(tmp_path_factory) -> Path:
-    return letters_cache(SPEC, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
 
 
 @pytest.fixture(scope="module")

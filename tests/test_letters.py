@@ -8,18 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_LETTERS as SPEC
 from PIL import Image
 
 from fsx.data import letters as letters_mod
 from fsx.data.letters import INK_THRESHOLD, LETTERS, LettersSpec, generate, letters_cache
-
-SPEC = LettersSpec(num_images=200)
-
-
-@pytest.fixture(scope="session")
-def letters_source(tmp_path_factory) -> Path:
-    """The 200-image set, generated once per session into a shared cache root."""
-    return letters_cache(SPEC, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
 
 
 @pytest.fixture(scope="module")

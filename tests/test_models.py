@@ -15,14 +15,7 @@ from fsx.models.backbones import build_backbone
 from fsx.models.detectors import anchor_sizes, build_detector, model_spec
 from fsx.models.heads import PRIOR_PROBABILITY, num_classes, reset_class_head, trainable_parameters
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a loaded 2-core machine, intra-op threads spin against each other; one is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_spec(**detector) -> dict:

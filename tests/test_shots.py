@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fsx.data.coco import CocoSet
 from fsx.data.folds import letters_fold, split_by_fold
-from fsx.data.letters import LettersSpec, letters_cache
 from fsx.data.shots import Task, choose_classes, sample_shots
 from fsx.errors import UsageError
-
-SPEC = LettersSpec(num_images=200)
-
-
-@pytest.fixture(scope="session")
-def letters_source(tmp_path_factory) -> Path:
-    return letters_cache(SPEC, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def pretrain(cfg) -> dict:
         raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
 
     seed_everything(cfg.seed)
-    spec = new_model_spec(cfg, len(class_ids))
+    spec = resume["model_spec"] if resume else new_model_spec(cfg, len(class_ids))
     model = (load_model(resume) if resume else build_detector(spec)).to(device)
     algorithm = build_algorithm(**plain(cfg.algorithm))
     start_step = 0
@@ -46,16 +46,27 @@ def pretrain(cfg) -> dict:
         run.log_dict(split.manifest(), "manifest.json")
         run.log_params({"model": {"parameters": sum(p.numel() for p in model.parameters())}, "train_images": len(split.train), "device_used": str(device)})
         window: list[float] = []
+        done = [start_step]
         started = time.monotonic()
 
+        def save_last(step: int) -> None:
+            save_checkpoint(last_path, model, spec, names, config, train_state={"step": step, "algorithm": algorithm.state_dict()}, kind="pretrain")
+
         def on_step(step: int, losses: dict[str, float]) -> None:
+            done[0] = step
             window.append(losses["loss"])
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 run.log_metrics({f"train/{k}": v for k, v in losses.items()}, step=step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
-                save_checkpoint(last_path, model, spec, names, config, train_state={"step": step, "algorithm": algorithm.state_dict()}, kind="pretrain")
+                save_last(step)
 
-        last = algorithm.pretrain(model, data, int(cfg.train.steps), device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
+        try:
+            last = algorithm.pretrain(model, data, int(cfg.train.steps), device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
+        except KeyboardInterrupt:
+            if done[0] > start_step:
+                save_last(done[0])
+                print(f"\ninterrupted after step {done[0]}; continue with: fsx pretrain resume={last_path}", flush=True)
+            raise
         seconds = time.monotonic() - started
         tail = window[-50:]
         final_loss = sum(tail) / len(tail) if tail else float("nan")

@@ -1,0 +1,27 @@
+"""Fixtures the unit tests share: one small letters set per session, one torch thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsx.data.letters import LettersSpec, letters_cache
+
+SMALL_LETTERS = LettersSpec(num_images=200)
+
+
+@pytest.fixture(scope="session")
+def letters_source(tmp_path_factory) -> Path:
+    """The 200-image letters set, generated once per session into a shared cache root."""
+    return letters_cache(SMALL_LETTERS, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
+
+
+@pytest.fixture()
+def one_thread():
+    """On a loaded 2-core machine intra-op threads spin against each other; one is faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
