@@ -24,11 +24,13 @@ app = typer.Typer(
         "adapt it to K-shot tasks of the novel classes, and evaluate how fast and how well it "
         "adapts, every run recorded in MLflow (default store: sqlite:///mlflow.db here).\n\n"
         "Arguments are Hydra overrides (key=value, group=option); -m sweeps over comma lists.\n\n"
-        "  fsx pretrain                                  # letters fold 1, tiny RetinaNet, CPU\n\n"
-        "  fsx adapt checkpoint=runs:/<id> shots=5       # 5-way 5-shot on the novel letters\n\n"
-        "  fsx eval checkpoint=runs:/<id> eval.repeats=10 eval.milestones=[0,50,200]\n\n"
+        "\b\n"
+        "  fsx pretrain                                # letters fold 1, tiny RetinaNet, CPU\n"
+        "  fsx adapt checkpoint=runs:/<id> shots=5     # 5-way 5-shot on the novel letters\n"
+        "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
-        "Set FSX_DEBUG=1 for full tracebacks."
+        "`fsx VERB --cfg job` prints every key. Exit codes: 0 ok, 2 bad usage or input, 1 other "
+        "failures. Set FSX_DEBUG=1 for full tracebacks."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -38,8 +40,9 @@ app = typer.Typer(
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 HYDRA_FLAGS = (
-    "\n\nHydra flags: --cfg job|hydra|all (print the composed config and exit), --resolve, "
-    "--info, -c/--config-name, --config-dir DIR (add your own config tree, e.g. datasets)."
+    "\n\nOVERRIDES are Hydra overrides (key=value, group=option). Hydra flags pass through: "
+    "--cfg job|hydra|all (print the composed config and exit), --resolve, --info, "
+    "-cn/--config-name, -cd/--config-dir DIR (search your own config tree too)."
 )
 
 
@@ -55,6 +58,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _fail(message: str, code: int = 2) -> None:
+    if os.environ.get("FSX_DEBUG") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     typer.echo(f"fsx: error: {message}", err=True)
     raise SystemExit(code)
 
@@ -215,7 +220,7 @@ def _verb(name: str, summary: str) -> Callable:
             _fail(str(e), e.exit_code)
 
     command.__doc__ = summary + HYDRA_FLAGS
-    return app.command(name=name, context_settings=PASS_THROUGH)(command)
+    return app.command(name=name, context_settings=PASS_THROUGH, options_metavar="[OPTIONS] [OVERRIDES]...")(command)
 
 
 _verb(
