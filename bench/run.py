@@ -18,7 +18,7 @@ import torch
 from fsx.engine.device import autocast, resolve_device
 from fsx.engine.loop import train_step
 from fsx.models.detectors import build_detector
-from fsx.models.heads import trainable_parameters
+from fsx.models.heads import select_trainable
 
 
 def spec(backbone: dict, num_classes: int = 21) -> dict:
@@ -39,9 +39,11 @@ def batch(n: int, device):
     return images, targets
 
 
-def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True):
+def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True, memory_format=None):
     model = build_detector(spec(backbone)).to(device).train()
-    opt = torch.optim.Adam(trainable_parameters(model, params), lr=1e-4)
+    if memory_format is not None:
+        model = model.to(memory_format=memory_format)
+    opt = torch.optim.Adam(select_trainable(model, params), lr=1e-4)
     images, targets = batch(n, device)
     return lambda: train_step(model, opt, images, targets, device, amp=amp, clip_norm=10.0)
 
@@ -89,6 +91,7 @@ def main() -> None:
     rows = [
         compare("train step b16: A tiny, B resnet18", train_fn(tiny, 16, device), train_fn(r18, 16, device), device, args.repeats, unit="s/step"),
         compare("train step tiny: A batch 8, B batch 16 (per image)", train_fn(tiny, 8, device), train_fn(tiny, 16, device), device, args.repeats, 8, 16, "s/image"),
+        compare("train step tiny b16: A contiguous, B channels_last", train_fn(tiny, 16, device, memory_format=torch.contiguous_format), train_fn(tiny, 16, device, memory_format=torch.channels_last), device, args.repeats, unit="s/step"),
         compare("adapt step tiny b16: A all params, B class head only", train_fn(tiny, 16, device), train_fn(tiny, 16, device, params="class_head"), device, args.repeats, unit="s/step"),
         compare("inference tiny: A batch 1, B batch 32 (per image)", infer_fn(tiny, 1, device), infer_fn(tiny, 32, device), device, args.repeats, 1, 32, "s/image"),
     ]

@@ -14,7 +14,7 @@ from torch import nn
 
 from fsx.engine.early_stopping import EarlyStopping
 from fsx.engine.loop import infinite_batches, train
-from fsx.models.heads import trainable_parameters
+from fsx.models.heads import select_trainable
 
 
 @dataclasses.dataclass
@@ -64,12 +64,8 @@ def adapt(
     step). When early stopping fires, the weights roll back and every remaining milestone
     is scored on the restored weights, as the thesis's fixed-step protocol does.
     """
-    params = trainable_parameters(model, settings.params)
+    params = select_trainable(model, settings.params)
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(settings.beta1, 0.999), weight_decay=settings.weight_decay)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
     pending = sorted({m for m in milestones if 0 <= m <= settings.steps})
     stopper = EarlyStopping(settings.window, settings.factor) if settings.early_stopping else None
     if stopper is not None:

@@ -44,3 +44,12 @@ def trainable_parameters(model: nn.Module, which: str = "all") -> list[nn.Parame
     if which == "class_head":
         return list(model.head.classification_head.parameters())
     raise ValueError(f"unknown parameter set {which!r}; choose one of {TRAINABLE}")
+
+
+def select_trainable(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
+    """Freeze every parameter outside `which` (so backward skips them) and return the rest."""
+    params = trainable_parameters(model, which)
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return params
