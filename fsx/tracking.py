@@ -177,7 +177,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
     if reference in (None, "", "None"):
         raise UsageError("this command needs a checkpoint: add checkpoint=runs:/<run_id>, checkpoint=latest or checkpoint=<file.pt>")
     reference = str(reference)
-    if reference.startswith("latest"):
+    if reference == "latest" or reference.startswith("latest:"):
         command = reference.split(":", 1)[1] if ":" in reference else "pretrain"
         reference = f"runs:/{latest_run_id(tracking_uri, experiment, command)}"
     if not reference.startswith("runs:/"):

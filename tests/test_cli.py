@@ -607,6 +607,11 @@ BAD_INPUTS = {
     "negative-milestone": (["eval", "checkpoint={checkpoint}", "eval.milestones=[-1]"], ["eval.milestones"], False),
     "wrong-value-type": (["pretrain", *SMALL, "train.steps=abc"], ["train.steps"], True),
     "zero-ways": (["adapt", "checkpoint={checkpoint}", "ways=0", "adapt.steps=1"], ["ways=0"], False),
+    "zero-log-every": (["pretrain", *SMALL, "train.log_every=0"], ["train.log_every=0"], False),
+    "unknown-adapt-params": (["adapt", "checkpoint={checkpoint}", "adapt.params=foo"], ["adapt.params=foo"], False),
+    "zero-batch-size": (["pretrain", *SMALL, "algorithm.batch_size=0"], ["algorithm.batch_size=0"], False),
+    "letters-too-large": (["pretrain", *SMALL, "dataset.generator.max_font=200"], ["max_font=200"], False),
+    "other-fold-than-checkpoint": (["eval", "checkpoint={checkpoint}", "dataset.fold=2"], ["dataset.fold=2", "fold 1"], False),
 }
 KNOWN_BUGS: dict[str, str] = {}  # name -> reason, for a bad input fsx does not handle yet
 

@@ -377,3 +377,17 @@ def test_adapt_rolls_back_on_divergence_and_scores_the_rest_on_restored_weights(
     assert result.rolled_back_to == 0
     assert math.isnan(result.final_loss)
     assert _value(model) == 0.0
+
+
+def test_load_model_rejects_weights_that_do_not_fit_the_spec(tmp_path):
+    model = build_detector(tiny_spec(num_classes=3))
+    path = save_checkpoint(tmp_path / "model.pt", model, tiny_spec(num_classes=7), ["a"] * 7, {})
+    with pytest.raises(UsageError, match="does not match its own model spec"):
+        load_model(read_checkpoint(path))
+
+
+def test_read_checkpoint_rejects_an_incomplete_payload(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"format": FORMAT, "classes": ["a"]}, path)
+    with pytest.raises(UsageError, match="incomplete.*model_spec"):
+        read_checkpoint(path)

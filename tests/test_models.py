@@ -277,3 +277,25 @@ def test_weights_file_that_is_not_a_dict_is_a_usage_error(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(UsageError, match="backbone.weights="):
         build_backbone("resnet18", weights=str(path))
+
+
+def test_bf16_autocast_keeps_anchors_boxes_scores_and_losses_in_fp32():
+    model = build_detector(tiny_spec()).eval()
+    model.score_thresh = 0.0
+    images = [torch.rand(3, 64, 64)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)[0]
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([1])}])
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+def test_select_trainable_freezes_everything_else():
+    from fsx.models.heads import select_trainable
+
+    model = build_detector(tiny_spec())
+    params = select_trainable(model, "class_head")
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in params} == {id(p) for p in model.head.classification_head.parameters()}

@@ -9,12 +9,17 @@ from torch import nn
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
 from fsx.engine.loop import infinite_batches, train, warmup_step_schedule
+from fsx.errors import UsageError
 
 
 class Standard(Algorithm):
     name = "standard"
 
     def __init__(self, lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 16, decay_at: list[float] = (0.6, 0.8), gamma: float = 0.1, warmup: int = 100, clip_norm: float | None = 10.0):
+        if batch_size < 1:
+            raise UsageError(f"algorithm.batch_size={batch_size} must be at least 1")
+        if not lr > 0:
+            raise UsageError(f"algorithm.lr={lr} must be positive")
         self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.decay_at, self.gamma, self.warmup, self.clip_norm = list(decay_at), gamma, warmup, clip_norm
         self._optimizer: torch.optim.Optimizer | None = None

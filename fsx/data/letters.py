@@ -24,6 +24,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFont
 
+from fsx.errors import UsageError
 from fsx.progress import progress
 
 LETTERS = tuple(string.ascii_uppercase)
@@ -42,6 +43,19 @@ class LettersSpec:
     max_rotation: float = 15.0  # degrees, uniform in [-max, max]
     max_shear: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_images < 1:
+            problems.append(f"num_images={self.num_images} must be at least 1")
+        if not 1 <= self.min_letters <= self.max_letters:
+            problems.append(f"min_letters={self.min_letters}, max_letters={self.max_letters}: need 1 <= min <= max")
+        if not 4 <= self.min_font <= self.max_font:
+            problems.append(f"min_font={self.min_font}, max_font={self.max_font}: need 4 <= min <= max")
+        if self.max_font > self.image_size:
+            problems.append(f"max_font={self.max_font} is larger than image_size={self.image_size}")
+        if problems:
+            raise UsageError("dataset.generator: " + "; ".join(problems))
 
     def key(self) -> str:
         payload = json.dumps({"v": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -81,6 +95,15 @@ def _overlaps(box, boxes, margin: int = 2) -> bool:
 
 
 def draw_image(rng: np.random.Generator, spec: LettersSpec) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+    """One image with at least one letter (an image whose draws all failed to fit is redrawn)."""
+    for _ in range(100):
+        image, objects = _draw_once(rng, spec)
+        if objects:
+            return image, objects
+    raise UsageError(f"dataset.generator: no letter fits a {spec.image_size}px image at font sizes {spec.min_font}-{spec.max_font}")
+
+
+def _draw_once(rng: np.random.Generator, spec: LettersSpec) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """One image (H x W uint8, white background) and its (letter, (x0, y0, x1, y1)) objects."""
     n = spec.image_size
     image = np.full((n, n), 255, dtype=np.uint8)
@@ -104,8 +127,6 @@ def draw_image(rng: np.random.Generator, spec: LettersSpec) -> tuple[np.ndarray,
                 np.minimum(region, 255 - mask, out=region)
                 objects.append((letter, box))
                 break
-    if not objects:  # every draw failed to fit: retry rather than emit an empty image
-        return draw_image(rng, spec)
     return image, objects
 
 

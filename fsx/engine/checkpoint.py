@@ -57,11 +57,15 @@ def read_checkpoint(path: Path | str) -> dict:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint from a shared store must not be able to run code here
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise many kinds of errors
         raise UsageError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UsageError(f"checkpoint {path} is not an fsx checkpoint (expected format '{FORMAT}')")
+    missing = [k for k in ("model_spec", "state_dict", "classes") if k not in payload]
+    if missing:
+        raise UsageError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}")
     return payload
 
 
@@ -69,6 +73,9 @@ def load_model(payload: dict) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     spec = dict(payload["model_spec"])
     spec["backbone"] = {k: v for k, v in spec["backbone"].items() if k != "weights"}  # weights come from the state dict
-    model = build_detector(spec)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = build_detector(spec)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise UsageError(f"checkpoint does not match its own model spec ({type(e).__name__}: {str(e)[:300]})") from None
     return model

@@ -17,7 +17,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"device={name} but no CUDA device is visible to PyTorch; use device=auto or device=cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"device={name}: write cuda or cuda:<index>") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return device
     raise UsageError(f"device={name}: choose auto, cpu or cuda")
 
 

@@ -92,7 +92,7 @@ def adapt(
     steps_run = 0
     if settings.steps > 0:
         batches = infinite_batches(support, settings.batch_size, seed)
-        steps_run = train(model, optimizer, batches, settings.steps, device, amp=amp, clip_norm=settings.clip_norm, desc=desc, on_step=on_step, stop_on_nonfinite=False, train_mode=lambda m: set_train_mode(m, settings.params))
+        steps_run = train(model, optimizer, batches, settings.steps, device, amp=amp, clip_norm=settings.clip_norm, desc=desc, on_step=on_step, stop_on_nonfinite=stopper is None, train_mode=lambda m: set_train_mode(m, settings.params))
     rolled_back_to = None
     if stopper is not None and stopper.fired:
         rolled_back_to = stopper.rollback(model)

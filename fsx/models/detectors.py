@@ -11,12 +11,30 @@ import copy
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from fsx.errors import UsageError
 from fsx.models.backbones import build_backbone
 
 DETECTORS = ("retinanet",)
+
+
+class FloatAnchorGenerator(AnchorGenerator):
+    """Anchors in fp32 whatever the feature maps' dtype: under bf16 autocast torchvision would
+    make bf16 anchors, whose 0.5 px steps above 64 px blur box matching and decoding."""
+
+    def forward(self, image_list, feature_maps):
+        shapes = [torch.empty((1, 1, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps]
+        return super().forward(image_list, shapes)
+
+
+class FloatOutputHead(RetinaNetHead):
+    """RetinaNet's head with fp32 outputs, so that losses, box decoding and scores stay fp32
+    when the towers run in bf16. Same parameters and state-dict keys as RetinaNetHead."""
+
+    def forward(self, x):
+        return {k: v.float() for k, v in super().forward(x).items()}
 
 
 def anchor_sizes(strides: list[int], scale: float, octaves: int = 3) -> tuple[tuple[float, ...], ...]:
@@ -37,6 +55,7 @@ def build_detector(spec: dict) -> nn.Module:
     backbone = build_backbone(bb.pop("name"), **bb)
     sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 3))
     ratios = (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes)
+    anchors = FloatAnchorGenerator(sizes, ratios)
     size = spec["image_size"]
     model = RetinaNet(
         backbone,
@@ -45,7 +64,8 @@ def build_detector(spec: dict) -> nn.Module:
         max_size=size,
         image_mean=list(spec["image_mean"]),
         image_std=list(spec["image_std"]),
-        anchor_generator=AnchorGenerator(sizes, ratios),
+        anchor_generator=anchors,
+        head=FloatOutputHead(backbone.out_channels, anchors.num_anchors_per_location()[0], spec["num_classes"]),
         score_thresh=det.get("score_thresh", 0.05),
         nms_thresh=det.get("nms_thresh", 0.5),
         detections_per_img=det.get("detections_per_img", 100),

@@ -2,7 +2,7 @@
 
 For r = 1..eval.repeats: sample a support set from test-adapt with task seed
 task_seed + r - 1, adapt from the checkpoint, and at every milestone score all of
-test-test with COCOeval. Per-repeat metrics are logged as `repeat_<r>/<metric>`, the
+test-test with COCOeval. Per-repeat metrics are logged as `repeat_<rr>/<metric>` (rr = 01, 02, ...), the
 aggregate as `<metric>` (= mean), `<metric>_mean`, `<metric>_std`, `<metric>_ci95`, all at
 MLflow step = the milestone. An adapted checkpoint whose classes are the evaluation
 classes is scored directly, without adapting again.
@@ -40,8 +40,9 @@ def _milestones(cfg) -> list[int]:
 
 def evaluate(cfg) -> dict:
     device = resolve_device(cfg.device)
-    if cfg.eval.repeats < 1:
-        raise UsageError(f"eval.repeats={cfg.eval.repeats} must be at least 1")
+    for key in ("repeats", "batch_size"):
+        if cfg.eval[key] < 1:
+            raise UsageError(f"eval.{key}={cfg.eval[key]} must be at least 1")
     source = load_source(cfg)
     milestones = _milestones(cfg)
     settings = adapt_settings(cfg)
@@ -49,6 +50,8 @@ def evaluate(cfg) -> dict:
     first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
     direct = is_adapted_to(source.payload, first.class_names)
     repeats = 1 if direct else int(cfg.eval.repeats)
+    # every task is drawn before any work, so a seed the pool cannot serve fails at once
+    tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
     tags = {"fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
@@ -58,11 +61,10 @@ def evaluate(cfg) -> dict:
     with recorded_run(cfg, "eval", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         started = time.monotonic()
         for r in progress(range(1, repeats + 1), desc="eval repeats"):
-            task_seed = int(cfg.task_seed) + r - 1
-            task = first if r == 1 else sample_task(source.split, int(cfg.ways), int(cfg.shots), task_seed)
+            task = tasks[r - 1]
             manifests.append(task.manifest())
             seed_everything(int(cfg.seed) + r)
-            model = model_for_task(source.payload, task, device, int(cfg.seed) + r)
+            model = model_for_task(source.payload, task, device, int(cfg.seed) + r, reset=not direct)
 
             def on_milestone(step: int, model, r=r, task=task) -> None:
                 metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")

@@ -38,11 +38,13 @@ def sample_task(split: Split, ways: int, shots: int, task_seed: int) -> Task:
     return sample_shots(split.test_adapt, classes, shots, task_seed)
 
 
-def model_for_task(payload: dict, task: Task, device: torch.device, seed: int) -> torch.nn.Module:
-    """The checkpoint's model with a fresh class head sized for the task (kept as is when the
-    checkpoint was already adapted to exactly these classes)."""
+def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None) -> torch.nn.Module:
+    """The checkpoint's model with a fresh class head sized for the task. `reset=None` keeps
+    the head when the checkpoint was already adapted to exactly these classes."""
     model = load_model(payload)
-    if not is_adapted_to(payload, task.class_names):
+    if reset is None:
+        reset = not is_adapted_to(payload, task.class_names)
+    if reset:
         reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed))
     return model.to(device)
 

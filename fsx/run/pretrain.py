@@ -17,8 +17,11 @@ from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, r
 
 
 def pretrain(cfg) -> dict:
-    if cfg.train.steps < 1:
-        raise UsageError(f"train.steps={cfg.train.steps} must be at least 1")
+    for key in ("steps", "log_every"):
+        if cfg.train[key] < 1:
+            raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
+    if cfg.train.checkpoint_every < 0:
+        raise UsageError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 = never)")
     device = resolve_device(cfg.device)
     dataset_cfg = plain(cfg.dataset)
     split = benchmark_split(dataset_cfg)
@@ -27,6 +30,11 @@ def pretrain(cfg) -> dict:
     resume = read_checkpoint(Path(cfg.resume).expanduser()) if cfg.resume else None
     if resume is not None and "train_state" not in resume:
         raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
+    if resume is not None and list(resume["classes"]) != names:
+        raise UsageError(
+            f"resume={cfg.resume} was trained on classes {' '.join(resume['classes'])}, but this run's "
+            f"{dataset_cfg['name']} fold {dataset_cfg['fold']} has {' '.join(names)}: resume with the interrupted run's dataset settings"
+        )
 
     seed_everything(cfg.seed)
     spec = resume["model_spec"] if resume else new_model_spec(cfg, len(class_ids))

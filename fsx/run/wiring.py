@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +17,7 @@ from fsx.data.letters import LettersSpec, letters_cache
 from fsx.engine.finetune import AdaptSettings
 from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
+from fsx.models.heads import TRAINABLE
 
 PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"
 PARENT_RUN_FILE = "fsx_parent_run_id"
@@ -47,6 +47,14 @@ def adapt_settings(cfg) -> AdaptSettings:
     a = cfg.adapt
     if a.steps < 0:
         raise UsageError(f"adapt.steps={a.steps} must be >= 0")
+    if a.params not in TRAINABLE:
+        raise UsageError(f"adapt.params={a.params}: choose one of {', '.join(TRAINABLE)}")
+    for key, value in (("batch_size", a.batch_size), ("window", a.window)):
+        if value < 1:
+            raise UsageError(f"adapt.{key}={value} must be at least 1")
+    for key, value in (("lr", a.lr), ("factor", a.factor)):
+        if not value > 0:
+            raise UsageError(f"adapt.{key}={value} must be positive")
     return AdaptSettings(
         steps=int(a.steps), lr=float(a.lr), batch_size=int(a.batch_size), weight_decay=float(a.weight_decay),
         beta1=float(a.beta1), params=str(a.params), clip_norm=a.clip_norm, early_stopping=bool(a.early_stopping),
@@ -55,21 +63,24 @@ def adapt_settings(cfg) -> AdaptSettings:
 
 
 def dataset_for_checkpoint(cfg, checkpoint_config: dict | None) -> dict:
-    """Adapt and eval use the dataset (and fold) the checkpoint was pretrained on, unless the
-    command line sets `dataset...` itself: adapting to another fold's novel classes would
-    adapt to classes the model was trained on."""
-    overridden = any(o.lstrip("+~").startswith("dataset") for o in _command_line_overrides())
-    if checkpoint_config and "dataset" in checkpoint_config and not overridden:
-        return dict(checkpoint_config["dataset"])
-    chosen = plain(cfg.dataset)
-    if checkpoint_config and "dataset" in checkpoint_config:
-        old = checkpoint_config["dataset"]
-        if old.get("name") == chosen["name"] and old.get("fold") != chosen["fold"]:
-            print(
-                f"warning: the checkpoint was pretrained on {old['name']} fold {old.get('fold')}; "
-                f"fold {chosen['fold']}'s novel classes may have been base classes in pretraining",
-                file=sys.stderr,
-            )
+    """The dataset adapt and eval use: the one the checkpoint was pretrained on, with the
+    command line's `dataset.<key>=...` overrides applied on top (a `dataset=<name>` group
+    switch replaces it). The cache directory is always this machine's. Adapting to another
+    fold of the same dataset is refused: its novel classes were base classes in pretraining."""
+    overrides = _command_line_overrides()
+    stored = (checkpoint_config or {}).get("dataset")
+    switched = any(o.lstrip("+~").split("=", 1)[0] == "dataset" for o in overrides)
+    if not stored or switched:
+        return plain(cfg.dataset)
+    dotlist = [o.lstrip("+")[len("dataset.") :] for o in overrides if o.lstrip("+").startswith("dataset.")]
+    merged = OmegaConf.merge(OmegaConf.create(stored), OmegaConf.from_dotlist(dotlist))
+    chosen = OmegaConf.to_container(merged, resolve=True)
+    chosen["cache_dir"] = cfg.dataset.cache_dir
+    if chosen.get("fold") != stored.get("fold"):
+        raise UsageError(
+            f"dataset.fold={chosen.get('fold')}: the checkpoint was pretrained on {stored['name']} fold {stored.get('fold')}, "
+            f"where fold {chosen.get('fold')}'s novel classes are base classes; pretrain on fold {chosen.get('fold')} instead"
+        )
     return chosen
 
 
