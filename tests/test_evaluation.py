@@ -165,3 +165,55 @@ def test_summarize_nothing():
 def test_summarize_constant_values_have_no_spread():
     s = summarize(iter([0.5] * 4))  # any iterable
     assert s == {"mean": 0.5, "std": 0.0, "ci95": 0.0, "n": 4}
+
+
+# --- VOC AP at IoU 0.5 (our own code), on hand-computed cases ---------------------------
+
+def _voc_set(boxes, difficult=()):
+    """One image, one class 'x' (id 1); `boxes` are xywh ground truths."""
+    from fsx.data.coco import CocoSet
+
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0, "difficult": int(i in difficult)}
+        for i, b in enumerate(boxes)
+    ]
+    return CocoSet({"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 100}], "annotations": anns, "categories": [{"id": 1, "name": "x"}]}, ".")
+
+
+def _det(box, score):
+    return {"image_id": 1, "category_id": 1, "bbox": list(box), "score": score}
+
+
+def test_voc_ap_tp_fp_tp_by_hand():
+    from fsx.evaluation.voc import voc_metrics
+
+    gt = _voc_set([(0, 0, 10, 10), (50, 50, 10, 10)])
+    results = [_det((0, 0, 10, 10), 0.9), _det((80, 80, 10, 10), 0.8), _det((50, 50, 10, 10), 0.7)]
+    m = voc_metrics(gt, results)
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1: all-point = 0.5*1 + 0.5*(2/3)
+    assert m["vocAP50"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # 11-point: recall >= 0..0.5 -> 1 (6 points), 0.6..1.0 -> 2/3 (5 points)
+    assert m["voc07AP50"] == pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_voc_ap_difficult_boxes_and_duplicates():
+    from fsx.evaluation.voc import voc_metrics
+
+    gt = _voc_set([(0, 0, 10, 10), (50, 50, 10, 10)], difficult={1})
+    # the difficult box's detection is ignored, so the only positive is found first: AP 1
+    assert voc_metrics(gt, [_det((50, 50, 10, 10), 0.95), _det((0, 0, 10, 10), 0.9)])["vocAP50"] == pytest.approx(1.0)
+    # a second detection of the same box is a false positive; it comes after the TP, so AP stays 1
+    assert voc_metrics(gt, [_det((0, 0, 10, 10), 0.9), _det((1, 0, 10, 10), 0.8)])["vocAP50"] == pytest.approx(1.0)
+    # ...but ranked first, the duplicate's twin is the TP and an earlier FP costs precision
+    gt2 = _voc_set([(0, 0, 10, 10)])
+    m = voc_metrics(gt2, [_det((80, 80, 10, 10), 0.99), _det((0, 0, 10, 10), 0.9)])
+    assert m["vocAP50"] == pytest.approx(0.5) and m["voc07AP50"] == pytest.approx(0.5)
+
+
+def test_voc_ap_iou_threshold_and_no_detections():
+    from fsx.evaluation.voc import voc_metrics
+
+    gt = _voc_set([(0, 0, 10, 10)])
+    assert voc_metrics(gt, [_det((0, 0, 10, 6), 0.9)])["vocAP50"] == pytest.approx(1.0)  # IoU 0.6
+    assert voc_metrics(gt, [_det((0, 0, 10, 4), 0.9)])["vocAP50"] == 0.0  # IoU 0.4
+    assert voc_metrics(gt, []) == {"vocAP50": 0.0, "voc07AP50": 0.0}

@@ -1,4 +1,5 @@
-"""The one metrics function every verb calls: pycocotools' COCOeval on a `CocoSet`."""
+"""The one metrics function every verb calls (`detection_metrics`): pycocotools' COCOeval
+on a `CocoSet`, plus our VOC AP at IoU 0.5."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fsx.data.coco import CocoSet
+from fsx.evaluation.voc import VOC_STATS, voc_metrics
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -41,3 +43,11 @@ def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | Non
             p = p[p > -1]
             out[f"{name}/{gt.category_name(cid)}"] = float(np.mean(p)) if p.size else float("nan")
     return out
+
+
+SUMMARY_STATS = COCO_STATS + VOC_STATS  # what eval aggregates over repeats
+
+
+def detection_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None) -> dict[str, float]:
+    """COCO stats, per-class AP, `vocAP50` (all-point) and `voc07AP50` (11-point)."""
+    return {**coco_metrics(gt, results, category_ids), **voc_metrics(gt, results, category_ids)}

@@ -11,8 +11,8 @@ import copy
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
 
 from fsx.errors import UsageError
 from fsx.models.backbones import build_backbone

@@ -20,12 +20,12 @@ from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.errors import UsageError
 from fsx.evaluation.aggregate import summarize
-from fsx.evaluation.coco_metrics import COCO_STATS
+from fsx.evaluation.coco_metrics import SUMMARY_STATS
 from fsx.progress import progress
 from fsx.run.fewshot import is_adapted_to, load_source, model_for_task, sample_task, score
 from fsx.run.wiring import adapt_settings, recorded_run
 
-TABLE_METRICS = ("AP50", "AP", "AP75")
+TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
 
 
 def _milestones(cfg) -> list[int]:
@@ -69,7 +69,7 @@ def evaluate(cfg) -> dict:
             def on_milestone(step: int, model, r=r, task=task) -> None:
                 metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")
                 rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, **metrics})
-                run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in COCO_STATS}, step=step)
+                run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS}, step=step)
 
             if direct:
                 on_milestone(0, model)
@@ -97,7 +97,7 @@ def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, fl
     for step in milestones:
         at = [row for row in rows if row["milestone"] == step]
         out: dict[str, float] = {}
-        for metric in COCO_STATS:
+        for metric in SUMMARY_STATS:
             s = summarize(row[metric] for row in at)
             out[metric] = s["mean"]
             out[f"{metric}_mean"], out[f"{metric}_std"], out[f"{metric}_ci95"] = s["mean"], s["std"], s["ci95"]

@@ -11,7 +11,7 @@ from fsx.data.coco import DetectionDataset
 from fsx.data.folds import Split
 from fsx.data.shots import Task, choose_classes, sample_shots
 from fsx.engine.checkpoint import load_model, read_checkpoint
-from fsx.evaluation.coco_metrics import coco_metrics
+from fsx.evaluation.coco_metrics import detection_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.heads import num_classes, reset_class_head
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
@@ -54,8 +54,8 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
 
 
 def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate") -> dict[str, float]:
-    """COCO metrics on all of test-test, for the task's classes."""
+    """COCO and VOC metrics on all of test-test, for the task's classes."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
     results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
-    return coco_metrics(gt, results, task.class_ids)
+    return detection_metrics(gt, results, task.class_ids)
