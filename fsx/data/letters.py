@@ -25,6 +25,7 @@ from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFont
 
 from fsx.errors import UsageError
+from fsx.filemodes import give_usual_mode
 from fsx.progress import progress
 
 LETTERS = tuple(string.ascii_uppercase)
@@ -176,9 +177,7 @@ def letters_cache(spec: LettersSpec, cache_root: Path, show_progress: bool = Tru
         try:
             generate(spec, tmp, show_progress=show_progress)
             (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a shared cache needs the usual mode
+            give_usual_mode(tmp)
             if final.exists():  # a half-written set from a crash before the rename existed
                 shutil.rmtree(final)
             os.replace(tmp, final)

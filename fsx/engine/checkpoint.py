@@ -15,6 +15,7 @@ from torch import nn
 
 from fsx import __version__
 from fsx.errors import UsageError
+from fsx.filemodes import give_usual_mode
 from fsx.models.detectors import build_detector
 
 FORMAT = "fsx-checkpoint-1"
@@ -38,18 +39,12 @@ def save_checkpoint(path: Path | str, model: nn.Module, spec: dict, classes: lis
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs the usual mode
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_checkpoint(path: Path | str) -> dict:
