@@ -206,7 +206,11 @@ def _runner(verb: str) -> Callable:
     import importlib
 
     module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate")}[verb]
-    return getattr(importlib.import_module(f"fsx.run.{module}"), function)
+    runner = getattr(importlib.import_module(f"fsx.run.{module}"), function)
+    from fsx.engine.device import flush_denormals
+
+    flush_denormals()  # before any torch work starts its worker threads
+    return runner
 
 
 def _verb(name: str, summary: str) -> Callable:

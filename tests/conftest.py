@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from fsx.data.letters import LettersSpec, letters_cache
+from fsx.engine.device import flush_denormals
+
+flush_denormals()  # as the CLI does at process start
 
 SMALL_LETTERS = LettersSpec(num_images=200)
 

@@ -357,7 +357,7 @@ def test_adapt_rolls_back_on_divergence_and_scores_the_rest_on_restored_weights(
     model = nn.Linear(1, 1)
     _set(model, 0.0)
 
-    def fake_train(model, optimizer, batches, steps, device, *, on_step=None, **kwargs):
+    def fake_train(model, step_fn, batches, steps, *, on_step=None, **kwargs):
         step = 0
         for step in range(1, steps + 1):
             _set(model, step)

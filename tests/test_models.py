@@ -82,8 +82,8 @@ def test_extra_levels_add_p6_p7():
 
 
 def test_unknown_names_are_usage_errors():
-    with pytest.raises(UsageError, match="detector.name=fcos"):
-        build_detector({**tiny_spec(), "detector": {"name": "fcos", "anchor_scale": 4}})
+    with pytest.raises(UsageError, match="detector=yolo: choose one of retinanet, fcos, fasterrcnn"):
+        build_detector({**tiny_spec(), "detector": {"name": "yolo", "anchor_scale": 4}})
     with pytest.raises(UsageError, match="backbone.name=vgg"):
         build_detector({**tiny_spec(), "backbone": {"name": "vgg"}})
     with pytest.raises(UsageError, match="backbone.norm=gn"):

@@ -29,6 +29,23 @@ StepHook = Callable[[int, dict[str, float]], bool | None]
 
 class Algorithm(abc.ABC):
     name: str = "algorithm"
+    # a meta-learner trains a head with one output per task class (ways), kept at adaptation;
+    # plain training trains one output per base class, replaced at adaptation
+    task_sized_head: bool = False
+    ways: int = 0
+
+    def num_outputs(self, data: PretrainData) -> int:
+        """How many classes the model's head predicts during pretraining."""
+        return self.ways if self.task_sized_head else len(data.class_ids)
+
+    def checkpoint_extras(self) -> dict:
+        """What a final checkpoint carries beside the weights for adaptation to use:
+        `adapt_head` (keep | reset) and, for Meta-SGD, the learned `inner_lr` per parameter."""
+        return {"adapt_head": "keep" if self.task_sized_head else "reset"}
+
+    def describe(self) -> dict[str, str]:
+        """Policies worth a line in the MLflow record (logged as params `algorithm.<key>`)."""
+        return {}
 
     @abc.abstractmethod
     def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
-from fsx.engine.loop import infinite_batches, train, warmup_step_schedule
+from fsx.engine.loop import infinite_batches, optimizer_step, train, warmup_step_schedule
 from fsx.errors import UsageError
 
 
 class Standard(Algorithm):
     name = "standard"
 
-    def __init__(self, lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 16, decay_at: list[float] = (0.6, 0.8), gamma: float = 0.1, warmup: int = 100, clip_norm: float | None = 10.0):
+    def __init__(self, name: str = "standard", lr: float = 1e-4, weight_decay: float = 1e-4, batch_size: int = 16, decay_at: list[float] = (0.6, 0.8), gamma: float = 0.1, warmup: int = 100, clip_norm: float | None = 10.0):
         if batch_size < 1:
             raise UsageError(f"algorithm.batch_size={batch_size} must be at least 1")
         if not lr > 0:
@@ -34,7 +34,8 @@ class Standard(Algorithm):
             self._optimizer.load_state_dict(self._pending_state["optimizer"])
             self._scheduler.load_state_dict(self._pending_state["scheduler"])
         batches = infinite_batches(data.dataset, self.batch_size, seed + start_step)
-        return train(model, self._optimizer, batches, steps, device, scheduler=self._scheduler, amp=amp, clip_norm=self.clip_norm, start_step=start_step, desc="pretrain standard", on_step=on_step)
+        step = optimizer_step(model, self._optimizer, device, amp, self.clip_norm)
+        return train(model, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc="pretrain standard", on_step=on_step)
 
     def state_dict(self) -> dict:
         if self._optimizer is None:

@@ -32,6 +32,7 @@ class CocoSet:
         for ann in coco["annotations"]:
             self._anns_by_image[ann["image_id"]].append(ann)
         self._images = {img["id"]: img for img in coco["images"]}
+        self._by_category: dict[int, list[int]] | None = None
 
     @classmethod
     def load(cls, annotation_file: Path | str, image_root: Path | str | None = None) -> "CocoSet":
@@ -75,7 +76,15 @@ class CocoSet:
         return {a["category_id"] for a in self.annotations(image_id)}
 
     def images_with(self, category_id: int) -> list[int]:
-        return [i for i in self.image_ids if category_id in self.image_categories(i)]
+        """The images holding at least one box of the category, in set order (indexed once:
+        episodic pretraining asks this for every sampled task)."""
+        if self._by_category is None:
+            index: dict[int, list[int]] = defaultdict(list)
+            for image_id in self.image_ids:
+                for cid in sorted(self.image_categories(image_id)):
+                    index[cid].append(image_id)
+            self._by_category = dict(index)
+        return list(self._by_category.get(category_id, []))
 
     def __len__(self) -> int:
         return len(self.coco["images"])
@@ -131,13 +140,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     other categories are not targets (they are background for this detector).
     """
 
-    def __init__(self, source: CocoSet, class_ids: Sequence[int], transform: Callable | None = None, image_ids: Sequence[int] | None = None):
+    def __init__(self, source: CocoSet, class_ids: Sequence[int], transform: Callable | None = None, image_ids: Sequence[int] | None = None, pixel_cache: dict | None = None):
         self.source = source
         self.class_ids = list(class_ids)
         self.label_of = {c: i for i, c in enumerate(self.class_ids)}
         self.transform = transform
         self.ids = list(source.image_ids if image_ids is None else image_ids)
-        self._pixels: dict[int, torch.Tensor] = {}
+        # image id -> decoded pixels; datasets over the same image root may share one
+        # (every sampled task of episodic pretraining reads the same training images)
+        self._pixels: dict[int, torch.Tensor] = {} if pixel_cache is None else pixel_cache
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -79,3 +79,15 @@ def split_by_fold(source: CocoSet, fold: Fold, seed: int) -> Split:
         test_adapt=source.restrict(adapt_ids, novel_ids),
         test_test=source.restrict(test_test_ids, novel_ids),
     )
+
+
+def hold_out(source: CocoSet, count: int, seed: int) -> tuple[CocoSet, CocoSet]:
+    """(the rest, up to `count` randomly chosen images): a base-class validation set carved
+    from the training split, so that pretraining can report base AP on images it never saw.
+    It takes at most a fifth of the split, so a small dataset keeps most of its images."""
+    ids = source.image_ids
+    count = min(count, len(ids) // 5)
+    if count <= 0:
+        return source, source.restrict([])
+    held = set(np.random.default_rng(seed).choice(len(ids), size=count, replace=False).tolist())
+    return source.restrict([i for k, i in enumerate(ids) if k not in held]), source.restrict([i for k, i in enumerate(ids) if k in held])

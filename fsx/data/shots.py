@@ -5,6 +5,7 @@ and returns a `Task` whose manifest says exactly which images (and boxes) it hol
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterable
 
 import numpy as np
 
@@ -53,24 +54,25 @@ def choose_classes(class_names: list[str], ways: int, seed: int) -> list[str]:
     return [class_names[i] for i in sorted(picked)]
 
 
-def sample_shots(pool: CocoSet, class_names: list[str], shots: int, seed: int) -> Task:
+def sample_shots(pool: CocoSet, class_names: list[str], shots: int, seed: int, exclude: Iterable[int] = (), pool_name: str = "adaptation pool") -> Task:
     """The Reptile thesis's image-level sampler (PROTOCOLS 3.1): M*K distinct images, K
     chosen for each class, so that every class is in at least K of them. Instances and
     co-occurrences are not controlled. Classes with the fewest candidate images pick first.
+    Images in `exclude` are never chosen (a MAML query set is disjoint from its support).
     """
     if shots < 1:
         raise UsageError(f"shots={shots}: a task needs at least one image per class")
     rng = np.random.default_rng(seed)
     class_ids = [pool.category_id(n) for n in class_names]
     candidates = {c: pool.images_with(c) for c in class_ids}
-    taken: set[int] = set()
+    taken: set[int] = set(exclude)
     chosen: list[int] = []
     for cid in sorted(class_ids, key=lambda c: (len(candidates[c]), c)):
         free = [i for i in candidates[cid] if i not in taken]
         if len(free) < shots:
             raise UsageError(
                 f"shots={shots} is more than the pool holds: class '{pool.category_name(cid)}' is in "
-                f"{len(candidates[cid])} images of the adaptation pool ({len(free)} not already taken by other classes)"
+                f"{len(candidates[cid])} images of the {pool_name} ({len(free)} not already taken by other classes or the support set)"
             )
         for i in rng.choice(len(free), size=shots, replace=False):
             taken.add(free[i])

@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from fsx.engine.early_stopping import EarlyStopping
-from fsx.engine.loop import infinite_batches, train
-from fsx.models.heads import select_trainable
+from fsx.engine.loop import infinite_batches, optimizer_step, train
+from fsx.models.heads import select_named, select_trainable
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass
@@ -29,6 +32,51 @@ class AdaptSettings:
     early_stopping: bool = True
     window: int = 30
     factor: float = 2.0
+    optimizer: str = "adam"  # adam | sgd (plain steps of size lr, as MAML's inner loop)
+    # Meta-SGD's learned step sizes (parameter name -> rate tensor): when given, adaptation
+    # takes plain gradient steps of these sizes on exactly these parameters
+    learned_rates: dict[str, torch.Tensor] | None = None
+
+
+class LearnedRateSGD(torch.optim.Optimizer):
+    """θ ← θ − α ⊙ ∇θ with a fixed step-size tensor α per parameter (Meta-SGD's inner loop)."""
+
+    def __init__(self, params: list[nn.Parameter], rates: list[torch.Tensor]):
+        super().__init__([{"params": [p], "rate": r.to(p.device)} for p, r in zip(params, rates)], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            (p,) = group["params"]
+            if p.grad is not None:
+                p.sub_(group["rate"] * p.grad)
+
+
+def _rate_for(rate: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The learned rate if it fits the parameter; its mean where the parameter was resized
+    (a class head reset for a task with another number of classes)."""
+    try:
+        if torch.broadcast_shapes(rate.shape, param.shape) == param.shape:
+            return rate
+    except RuntimeError:
+        pass
+    return rate.mean()
+
+
+def adaptation_optimizer(model: nn.Module, settings: AdaptSettings) -> tuple[torch.optim.Optimizer, str]:
+    """The optimiser adaptation uses, and the parameter set it trains (for BN modes)."""
+    if settings.learned_rates:
+        own = dict(model.named_parameters())
+        names = [n for n in settings.learned_rates if n in own]
+        params = select_named(model, names)
+        # a class head resized for the task no longer matches its per-element rates: use their mean
+        rates = [_rate_for(settings.learned_rates[n], own[n]) for n in names]
+        which = "all" if any(n.startswith("backbone.") for n in names) else "heads"
+        return LearnedRateSGD(params, rates), which
+    params = select_trainable(model, settings.params)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay), settings.params
+    return torch.optim.Adam(params, lr=settings.lr, betas=(settings.beta1, 0.999), weight_decay=settings.weight_decay), settings.params
 
 
 @dataclasses.dataclass
@@ -64,8 +112,7 @@ def adapt(
     step). When early stopping fires, the weights roll back and every remaining milestone
     is scored on the restored weights, as the thesis's fixed-step protocol does.
     """
-    params = select_trainable(model, settings.params)
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(settings.beta1, 0.999), weight_decay=settings.weight_decay)
+    optimizer, trained = adaptation_optimizer(model, settings)
     pending = sorted({m for m in milestones if 0 <= m <= settings.steps})
     stopper = EarlyStopping(settings.window, settings.factor) if settings.early_stopping else None
     if stopper is not None:
@@ -77,10 +124,10 @@ def adapt(
             step = pending.pop(0)
             if on_milestone is not None:
                 on_milestone(step, model)
-                set_train_mode(model, settings.params)
+                set_train_mode(model, trained)
 
     fire_milestones(0)
-    set_train_mode(model, settings.params)
+    set_train_mode(model, trained)
 
     def on_step(step: int, losses: dict[str, float]) -> bool:
         last_loss[:] = [losses["loss"]]
@@ -92,7 +139,7 @@ def adapt(
     steps_run = 0
     if settings.steps > 0:
         batches = infinite_batches(support, settings.batch_size, seed)
-        steps_run = train(model, optimizer, batches, settings.steps, device, amp=amp, clip_norm=settings.clip_norm, desc=desc, on_step=on_step, stop_on_nonfinite=stopper is None, train_mode=lambda m: set_train_mode(m, settings.params))
+        steps_run = train(model, optimizer_step(model, optimizer, device, amp, settings.clip_norm), batches, settings.steps, desc=desc, on_step=on_step, stop_on_nonfinite=stopper is None, train_mode=lambda m: set_train_mode(m, trained))
     rolled_back_to = None
     if stopper is not None and stopper.fired:
         rolled_back_to = stopper.rollback(model)

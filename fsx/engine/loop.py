@@ -60,35 +60,43 @@ def warmup_step_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+StepFn = Callable[[object], dict[str, float]]
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = True, clip_norm: float | None = None) -> StepFn:
+    """The step function of plain training: one (images, targets) batch -> one optimiser step."""
+    return lambda batch: train_step(model, optimizer, *batch, device, amp, clip_norm)
+
+
 def train(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step_fn: StepFn,
     batches: Iterator,
     steps: int,
-    device: torch.device,
     *,
     scheduler=None,
-    amp: bool = True,
-    clip_norm: float | None = None,
     start_step: int = 0,
     desc: str = "train",
     on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
     stop_on_nonfinite: bool = True,
     train_mode: Callable[[nn.Module], None] | None = None,
+    show_progress: bool = True,
 ) -> int:
-    """Run optimiser steps start_step+1..steps. `on_step(step, losses)` may return True to stop.
+    """Run steps start_step+1..steps: each takes the next item of `batches` and hands it to
+    `step_fn`, which updates the model and returns its losses. Every algorithm uses this loop:
+    plain training steps once per batch, a meta-learner runs a whole meta-iteration per item.
 
-    Returns the last step run. A non-finite loss stops training with a clear error, unless
-    `stop_on_nonfinite` is off because the caller handles divergence itself (adaptation rolls back).
-    `train_mode(model)` replaces `model.train()` when parts must stay in eval mode.
+    `on_step(step, losses)` may return True to stop. Returns the last step run. A non-finite
+    loss stops training with a clear error, unless `stop_on_nonfinite` is off because the
+    caller handles divergence itself (adaptation rolls back). `train_mode(model)` replaces
+    `model.train()` when parts must stay in eval mode.
     """
     train_mode(model) if train_mode is not None else model.train()
-    bar = progress(total=steps - start_step, desc=desc)
+    bar = progress(total=steps - start_step, desc=desc, enabled=show_progress)
     step = start_step
     try:
         for step in range(start_step + 1, steps + 1):
-            images, targets = next(batches)
-            losses = train_step(model, optimizer, images, targets, device, amp, clip_norm)
+            losses = step_fn(next(batches))
             if stop_on_nonfinite and not math.isfinite(losses["loss"]):
                 raise FloatingPointError(f"{desc}: loss became {losses['loss']} at step {step}; lower the learning rate")
             if scheduler is not None:

@@ -1,23 +1,31 @@
-"""Detector x backbone factory over torchvision.
+"""Detector x backbone factory over torchvision: RetinaNet, FCOS and Faster R-CNN.
 
 A detector is described by a plain `spec` dict (no config objects): it is stored in every
-checkpoint, so a checkpoint rebuilds its model with no other input.
+checkpoint, so a checkpoint rebuilds its model with no other input. Every detector takes
+and returns fsx labels 0..M-1 (label i = the i-th class of the model's class list);
+Faster R-CNN's background index 0 exists only inside `ZeroBasedFasterRCNN`.
 """
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
 from fsx.models.backbones import build_backbone
 
-DETECTORS = ("retinanet",)
+DETECTORS = ("retinanet", "fcos", "fasterrcnn")
+TWO_STAGE = ("fasterrcnn",)
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "ciou", "diou")
 
 
 class FloatAnchorGenerator(AnchorGenerator):
@@ -29,12 +37,33 @@ class FloatAnchorGenerator(AnchorGenerator):
         return super().forward(image_list, shapes)
 
 
-class FloatOutputHead(RetinaNetHead):
-    """RetinaNet's head with fp32 outputs, so that losses, box decoding and scores stay fp32
-    when the towers run in bf16. Same parameters and state-dict keys as RetinaNetHead."""
+def _float_outputs(head_class: type) -> type:
+    """A head whose outputs are fp32, so that losses, box decoding and scores stay fp32 when
+    the towers run in bf16. Same parameters and state-dict keys as `head_class`."""
 
-    def forward(self, x):
-        return {k: v.float() for k, v in super().forward(x).items()}
+    class FloatOutputs(head_class):
+        def forward(self, x):
+            return {k: v.float() for k, v in super().forward(x).items()}
+
+    FloatOutputs.__name__ = FloatOutputs.__qualname__ = f"Float{head_class.__name__}"
+    return FloatOutputs
+
+
+FloatOutputHead = _float_outputs(RetinaNetHead)
+FloatFCOSHead = _float_outputs(FCOSHead)
+
+
+class ZeroBasedFasterRCNN(FasterRCNN):
+    """torchvision's Faster R-CNN reserves label 0 for the background; fsx labels start at 0.
+    Shift by one on the way in and out, here and nowhere else."""
+
+    def forward(self, images, targets=None):
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        out = super().forward(images, targets)
+        if self.training:
+            return out
+        return [{**o, "labels": o["labels"] - 1} for o in out]
 
 
 def anchor_sizes(strides: list[int], scale: float, octaves: int = 3) -> tuple[tuple[float, ...], ...]:
@@ -46,33 +75,99 @@ def anchor_sizes(strides: list[int], scale: float, octaves: int = 3) -> tuple[tu
     return tuple(tuple(scale * s * 2 ** (i / octaves) for i in range(octaves)) for s in strides)
 
 
-def build_detector(spec: dict) -> nn.Module:
-    """spec: {detector: {...}, backbone: {...}, num_classes, image_size, image_mean, image_std}."""
-    det = spec["detector"]
-    if det["name"] not in DETECTORS:
-        raise UsageError(f"detector.name={det['name']}: choose one of {', '.join(DETECTORS)}")
-    bb = dict(spec["backbone"])
-    backbone = build_backbone(bb.pop("name"), **bb)
-    sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 3))
-    ratios = (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes)
-    anchors = FloatAnchorGenerator(sizes, ratios)
+def _head_norm(name: str | None, channels: int):
+    """The norm layer of a dense head's towers: none (RetinaNet v1) or group norm (v2, FCOS)."""
+    if name in (None, "none"):
+        return None
+    if name == "group":
+        return partial(nn.GroupNorm, min(32, channels))
+    raise UsageError(f"detector.head_norm={name}: choose none or group")
+
+
+def _transform_args(spec: dict) -> dict:
     size = spec["image_size"]
-    model = RetinaNet(
+    return {"min_size": size, "max_size": size, "image_mean": list(spec["image_mean"]), "image_std": list(spec["image_std"])}
+
+
+def _retinanet(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
+    sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 3))
+    anchors = FloatAnchorGenerator(sizes, (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes))
+    head = FloatOutputHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=_head_norm(det.get("head_norm"), backbone.out_channels))
+    loss = det.get("box_loss", "l1")
+    if loss not in BOX_LOSSES:
+        raise UsageError(f"detector.box_loss={loss}: choose one of {', '.join(BOX_LOSSES)}")
+    head.regression_head._loss_type = loss
+    return RetinaNet(
         backbone,
-        num_classes=spec["num_classes"],
-        min_size=size,
-        max_size=size,
-        image_mean=list(spec["image_mean"]),
-        image_std=list(spec["image_std"]),
+        num_classes=num_classes,
         anchor_generator=anchors,
-        head=FloatOutputHead(backbone.out_channels, anchors.num_anchors_per_location()[0], spec["num_classes"]),
+        head=head,
         score_thresh=det.get("score_thresh", 0.05),
         nms_thresh=det.get("nms_thresh", 0.5),
         detections_per_img=det.get("detections_per_img", 100),
         fg_iou_thresh=det.get("fg_iou_thresh", 0.5),
         bg_iou_thresh=det.get("bg_iou_thresh", 0.4),
         topk_candidates=det.get("topk_candidates", 1000),
+        **_transform_args(spec),
     )
+
+
+def _fcos(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
+    # FCOS "anchors" are one point per location whose size sets the level's scale range
+    # (a level takes boxes whose largest centre-to-edge distance is 4-8x the size).
+    scale = det.get("anchor_scale", 1.0)
+    anchors = FloatAnchorGenerator(tuple((scale * s,) for s in backbone.strides), ((1.0,),) * len(backbone.strides))
+    head = FloatFCOSHead(backbone.out_channels, 1, num_classes, num_convs=det.get("num_convs", 4))
+    return FCOS(
+        backbone,
+        num_classes=num_classes,
+        anchor_generator=anchors,
+        head=head,
+        center_sampling_radius=det.get("center_sampling_radius", 1.5),
+        score_thresh=det.get("score_thresh", 0.05),
+        nms_thresh=det.get("nms_thresh", 0.6),
+        detections_per_img=det.get("detections_per_img", 100),
+        topk_candidates=det.get("topk_candidates", 1000),
+        **_transform_args(spec),
+    )
+
+
+def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
+    sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 1))
+    anchors = FloatAnchorGenerator(sizes, (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes))
+    levels = [str(i) for i in range(len(backbone.strides))]
+    pool = det.get("roi_size", 7)
+    rep = det.get("representation_size", 1024)
+    return ZeroBasedFasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=pool, sampling_ratio=2),
+        box_head=TwoMLPHead(backbone.out_channels * pool * pool, rep),
+        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        rpn_pre_nms_top_n_train=det.get("rpn_pre_nms_top_n_train", 2000),
+        rpn_pre_nms_top_n_test=det.get("rpn_pre_nms_top_n_test", 1000),
+        rpn_post_nms_top_n_train=det.get("rpn_post_nms_top_n_train", 2000),
+        rpn_post_nms_top_n_test=det.get("rpn_post_nms_top_n_test", 1000),
+        rpn_batch_size_per_image=det.get("rpn_batch_size_per_image", 256),
+        box_batch_size_per_image=det.get("box_batch_size_per_image", 512),
+        box_score_thresh=det.get("score_thresh", 0.05),
+        box_nms_thresh=det.get("nms_thresh", 0.5),
+        box_detections_per_img=det.get("detections_per_img", 100),
+        **_transform_args(spec),
+    )
+
+
+_BUILDERS = {"retinanet": _retinanet, "fcos": _fcos, "fasterrcnn": _fasterrcnn}
+
+
+def build_detector(spec: dict) -> nn.Module:
+    """spec: {detector: {...}, backbone: {...}, num_classes, image_size, image_mean, image_std}."""
+    det = spec["detector"]
+    if det["name"] not in _BUILDERS:
+        raise UsageError(f"detector={det['name']}: choose one of {', '.join(DETECTORS)}")
+    bb = dict(spec["backbone"])
+    model = _BUILDERS[det["name"]](build_backbone(bb.pop("name"), **bb), det, int(spec["num_classes"]), spec)
     # NHWC convolutions: 12% faster training steps on CPU (make bench), and the layout
     # tensor cores want on CUDA. Weights load into it unchanged.
     return model.to(memory_format=torch.channels_last)

@@ -1,4 +1,14 @@
-"""Class-head surgery and which parameters a phase trains."""
+"""Class-head surgery and named parameter sets, for every detector family in one place.
+
+The parameter sets are what adaptation trains (`adapt.params`) and what a meta-learner's
+inner loop adapts (`algorithm.inner_params`):
+
+| set | RetinaNet, FCOS | Faster R-CNN |
+|---|---|---|
+| all | every parameter that is not frozen | the same |
+| heads | the dense head (class and box towers) | RPN and RoI heads |
+| class_head | the class tower and its output layer | the box predictor (class scores and class-specific boxes) |
+"""
 
 from __future__ import annotations
 
@@ -6,50 +16,88 @@ import math
 
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-PRIOR_PROBABILITY = 0.01  # RetinaNet's initial foreground probability (focal-loss paper)
-
-
-def reset_class_head(model: RetinaNet, num_classes: int, generator: torch.Generator | None = None) -> None:
-    """Replace the class-confidence output layer with a fresh one for `num_classes` classes.
-
-    Box regression and the shared towers are kept: boxes are class-agnostic in RetinaNet.
-    """
-    head = model.head.classification_head
-    old = head.cls_logits
-    num_anchors = head.num_anchors
-    new = nn.Conv2d(old.in_channels, num_anchors * num_classes, kernel_size=3, stride=1, padding=1)
-    with torch.no_grad():
-        new.weight.normal_(0.0, 0.01, generator=generator)
-        new.bias.fill_(-math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
-    head.cls_logits = new.to(old.weight.device)
-    head.num_classes = num_classes
-
-
-def num_classes(model: RetinaNet) -> int:
-    return model.head.classification_head.num_classes
-
-
+PRIOR_PROBABILITY = 0.01  # a dense head's initial foreground probability (focal-loss paper)
 TRAINABLE = ("all", "heads", "class_head")
 
 
-def trainable_parameters(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
-    """all: every parameter that is not frozen; heads: the detection head (class and box
-    towers); class_head: the class tower and its output layer only."""
+def _prefixes(model: nn.Module, which: str) -> tuple[str, ...]:
+    if which not in TRAINABLE:
+        raise ValueError(f"unknown parameter set {which!r}; choose one of {TRAINABLE}")
     if which == "all":
-        return [p for p in model.parameters() if p.requires_grad]
-    if which == "heads":
-        return list(model.head.parameters())
-    if which == "class_head":
-        return list(model.head.classification_head.parameters())
-    raise ValueError(f"unknown parameter set {which!r}; choose one of {TRAINABLE}")
+        return ("",)
+    if isinstance(model, FasterRCNN):
+        return ("rpn.", "roi_heads.") if which == "heads" else ("roi_heads.box_predictor.",)
+    if isinstance(model, (RetinaNet, FCOS)):
+        return ("head.",) if which == "heads" else ("head.classification_head.",)
+    raise TypeError(f"no parameter sets known for {type(model).__name__}")
+
+
+def parameter_names(model: nn.Module, which: str = "all") -> list[str]:
+    """Names of the parameters in set `which` that are not frozen (requires_grad at build)."""
+    prefixes = _prefixes(model, which)
+    return [n for n, p in model.named_parameters() if n.startswith(prefixes) and (p.requires_grad or which != "all")]
+
+
+def trainable_parameters(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
+    names = set(parameter_names(model, which))
+    return [p for n, p in model.named_parameters() if n in names]
 
 
 def select_trainable(model: nn.Module, which: str = "all") -> list[nn.Parameter]:
-    """Freeze every parameter outside `which` (so backward skips them) and return the rest."""
-    params = trainable_parameters(model, which)
-    keep = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
-    return params
+    """Freeze every parameter outside set `which` (so backward skips them) and return the rest."""
+    return select_named(model, parameter_names(model, which))
+
+
+def select_named(model: nn.Module, names) -> list[nn.Parameter]:
+    """Freeze every parameter not named in `names` and return the named ones, in model order."""
+    keep = set(names)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    return [p for n, p in model.named_parameters() if n in keep]
+
+
+def num_classes(model: nn.Module) -> int:
+    if isinstance(model, FasterRCNN):
+        return model.roi_heads.box_predictor.cls_score.out_features - 1
+    return model.head.classification_head.num_classes
+
+
+def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None = None) -> None:
+    """Replace the class output layer with a fresh one for `num_classes` classes.
+
+    RetinaNet/FCOS: a new class-logit conv at the 0.01 foreground prior; boxes are
+    class-agnostic there, so the box branch is kept. Faster R-CNN: a new box predictor
+    (class scores and class-specific boxes), initialised as TFA's surgery does: N(0, 0.01)
+    scores, N(0, 0.001) boxes, zero biases.
+    """
+    if isinstance(model, FasterRCNN):
+        old = model.roi_heads.box_predictor
+        new = FastRCNNPredictor(old.cls_score.in_features, num_classes + 1)
+        with torch.no_grad():
+            new.cls_score.weight.normal_(0.0, 0.01, generator=generator)
+            new.bbox_pred.weight.normal_(0.0, 0.001, generator=generator)
+            new.cls_score.bias.zero_()
+            new.bbox_pred.bias.zero_()
+        model.roi_heads.box_predictor = new.to(old.cls_score.weight.device)
+        return
+    head = model.head.classification_head
+    old = head.cls_logits
+    new = nn.Conv2d(old.in_channels, head.num_anchors * num_classes, kernel_size=3, stride=1, padding=1)
+    with torch.no_grad():
+        new.weight.normal_(0.0, 0.01, generator=generator)
+        new.bias.fill_(-math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+    head.cls_logits = new.to(old.weight.device, memory_format=torch.channels_last)
+    head.num_classes = num_classes
+
+
+def upstream_of_roi_align(model: nn.Module, names: list[str]) -> list[str]:
+    """The parameters among `names` whose gradient flows back through RoIAlign (a two-stage
+    detector's backbone; the RPN's proposals are detached, so its head is not among them):
+    torchvision's compiled RoIAlign has no double backward, so second-order meta-gradients
+    cannot pass through them."""
+    if not isinstance(model, FasterRCNN):
+        return []
+    return [n for n in names if not n.startswith(("rpn.", "roi_heads."))]

@@ -10,18 +10,18 @@ from fsx.data.coco import DetectionDataset
 from fsx.engine.checkpoint import save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
-from fsx.run.fewshot import load_source, model_for_task, sample_task, score
+from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, sample_task, score
 from fsx.run.wiring import adapt_settings, recorded_run, run_config
 
 
 def adapt(cfg) -> dict:
     device = resolve_device(cfg.device)
-    settings = adapt_settings(cfg)
     source = load_source(cfg)
+    settings = adapt_settings(cfg, source.payload)
     task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
     seed_everything(cfg.seed)
-    model = model_for_task(source.payload, task, device, int(cfg.seed))
-    tags = {"fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg))
+    tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
     with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         run.log_dict({**task.manifest(), "split": source.split.manifest()}, "manifest.json")

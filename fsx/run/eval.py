@@ -22,7 +22,7 @@ from fsx.errors import UsageError
 from fsx.evaluation.aggregate import summarize
 from fsx.evaluation.coco_metrics import SUMMARY_STATS
 from fsx.progress import progress
-from fsx.run.fewshot import is_adapted_to, load_source, model_for_task, sample_task, score
+from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score
 from fsx.run.wiring import adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
@@ -45,7 +45,7 @@ def evaluate(cfg) -> dict:
             raise UsageError(f"eval.{key}={cfg.eval[key]} must be at least 1")
     source = load_source(cfg)
     milestones = _milestones(cfg)
-    settings = adapt_settings(cfg)
+    settings = adapt_settings(cfg, source.payload)
     settings.steps = milestones[-1]  # adapt as far as the last milestone
     first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
     direct = is_adapted_to(source.payload, first.class_names)
@@ -54,7 +54,7 @@ def evaluate(cfg) -> dict:
     tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
-    tags = {"fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []
@@ -64,7 +64,7 @@ def evaluate(cfg) -> dict:
             task = tasks[r - 1]
             manifests.append(task.manifest())
             seed_everything(int(cfg.seed) + r)
-            model = model_for_task(source.payload, task, device, int(cfg.seed) + r, reset=not direct)
+            model = model_for_task(source.payload, task, device, int(cfg.seed) + r, reset=head_reset(cfg, direct))
 
             def on_milestone(step: int, model, r=r, task=task) -> None:
                 metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")

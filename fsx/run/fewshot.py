@@ -39,14 +39,31 @@ def sample_task(split: Split, ways: int, shots: int, task_seed: int) -> Task:
 
 
 def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None) -> torch.nn.Module:
-    """The checkpoint's model with a fresh class head sized for the task. `reset=None` keeps
-    the head when the checkpoint was already adapted to exactly these classes."""
+    """The checkpoint's model, its class head ready for the task. `reset=None` decides: keep
+    the head of a checkpoint already adapted to exactly these classes, and the meta-learned
+    head of a meta-learner's checkpoint when it has one output per task class (its label
+    slots were shuffled in every meta-training task); otherwise a fresh head."""
     model = load_model(payload)
     if reset is None:
-        reset = not is_adapted_to(payload, task.class_names)
+        keeps_head = payload.get("adapt_head") == "keep" and num_classes(model) == len(task.class_ids)
+        reset = not (is_adapted_to(payload, task.class_names) or keeps_head)
     if reset:
         reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed))
     return model.to(device)
+
+
+def adapt_tags(settings) -> dict[str, str]:
+    """How adaptation optimised, as a tag: a Meta-SGD checkpoint's learned rates, or adapt.optimizer."""
+    if settings.learned_rates:
+        return {"fsx.adapt_optimizer": f"learned step sizes from the checkpoint ({len(settings.learned_rates)} tensors)"}
+    return {"fsx.adapt_optimizer": f"{settings.optimizer} lr {settings.lr}"}
+
+
+def head_reset(cfg, direct: bool = False) -> bool | None:
+    """adapt.head=reset forces a fresh head; auto leaves the choice to `model_for_task`."""
+    if direct:
+        return False
+    return True if cfg.adapt.head == "reset" else None
 
 
 def is_adapted_to(payload: dict, class_names: list[str]) -> bool:

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from fsx.algorithms import PretrainData, build_algorithm
 from fsx.data.coco import DetectionDataset
+from fsx.data.folds import hold_out
 from fsx.data.transforms import build_transform
 from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.errors import UsageError
+from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
+from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
 from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run
 
@@ -20,11 +23,13 @@ def pretrain(cfg) -> dict:
     for key in ("steps", "log_every"):
         if cfg.train[key] < 1:
             raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
-    if cfg.train.checkpoint_every < 0:
-        raise UsageError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 = never)")
+    for key in ("checkpoint_every", "val_images"):
+        if cfg.train[key] < 0:
+            raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
     device = resolve_device(cfg.device)
     dataset_cfg = plain(cfg.dataset)
     split = benchmark_split(dataset_cfg)
+    train_set, val_set = hold_out(split.train, int(cfg.train.val_images), int(dataset_cfg["split_seed"]))
     names = list(split.fold.base)
     class_ids = [split.train.category_id(n) for n in names]
     resume = read_checkpoint(Path(cfg.resume).expanduser()) if cfg.resume else None
@@ -35,24 +40,34 @@ def pretrain(cfg) -> dict:
             f"resume={cfg.resume} was trained on classes {' '.join(resume['classes'])}, but this run's "
             f"{dataset_cfg['name']} fold {dataset_cfg['fold']} has {' '.join(names)}: resume with the interrupted run's dataset settings"
         )
+    written_by = ((resume or {}).get("config") or {}).get("algorithm", {}).get("name")
+    if written_by not in (None, cfg.algorithm.name):
+        raise UsageError(f"resume={cfg.resume} was written by algorithm={written_by}, not {cfg.algorithm.name}: resume with algorithm={written_by}")
 
     seed_everything(cfg.seed)
-    spec = resume["model_spec"] if resume else new_model_spec(cfg, len(class_ids))
-    model = (load_model(resume) if resume else build_detector(spec)).to(device)
     algorithm = build_algorithm(**plain(cfg.algorithm))
+    transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
+    data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform))
+    spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
+    model = (load_model(resume) if resume else build_detector(spec)).to(device)
     start_step = 0
     if resume:
         start_step = int(resume["train_state"]["step"])
         algorithm.load_state_dict(resume["train_state"]["algorithm"])
-    transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
-    data = PretrainData(split.train, class_ids, names, DetectionDataset(split.train, class_ids, transform))
     config = plain(cfg)
     last_path = output_dir() / "checkpoints" / "last.pt"
 
     extra_tags = {"fsx.resumed_from": str(cfg.resume)} if resume else {}
     with recorded_run(cfg, "pretrain", dataset_cfg, run_name=f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}", extra_tags=extra_tags) as run:
-        run.log_dict(split.manifest(), "manifest.json")
-        run.log_params({"model": {"parameters": sum(p.numel() for p in model.parameters())}, "train_images": len(split.train), "device_used": str(device)})
+        run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
+        run.log_params(
+            {
+                "model": {"parameters": sum(p.numel() for p in model.parameters()), "head_classes": spec["num_classes"]},
+                "train_images": len(train_set),
+                "device_used": str(device),
+                "algorithm": algorithm.describe(),
+            }
+        )
         window: list[float] = []
         done = [start_step]
         started = time.monotonic()
@@ -79,14 +94,20 @@ def pretrain(cfg) -> dict:
         tail = window[-50:]
         final_loss = sum(tail) / len(tail) if tail else float("nan")
         run.log_metrics({"train/final_loss": final_loss, "train/seconds": seconds, "train/steps_per_second": (last - start_step) / max(seconds, 1e-9)}, step=last)
+        val = {}
+        if len(val_set) and not algorithm.task_sized_head:
+            results = predict(model, DetectionDataset(val_set, class_ids), device, batch_size=int(cfg.eval.batch_size), amp=bool(cfg.amp), desc="validate")
+            val = detection_metrics(val_set, results, class_ids)
+            run.log_metrics({f"val/{k}": v for k, v in val.items() if k in SUMMARY_STATS}, step=last)
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id)
+            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id, **algorithm.checkpoint_extras())
             run.log_file(path, "checkpoints")
         last_path.unlink(missing_ok=True)  # finished: the run's artifact is the checkpoint now
 
+    scored = f"; base AP50 {val['AP50']:.3f} (AP {val['AP']:.3f}) on {len(val_set)} held-out training images" if val else ""
     print(
         f"pretrained {cfg.algorithm.name} on {dataset_cfg['name']} fold {dataset_cfg['fold']} "
-        f"({len(names)} base classes, {len(split.train)} images): {last} steps in {seconds:.0f}s on {device}, "
-        f"final loss {final_loss:.3f}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
+        f"({len(names)} base classes, {len(train_set)} images): {last} steps in {seconds:.0f}s on {device}, "
+        f"final loss {final_loss:.3f}{scored}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
     )
-    return {"run_id": run.id, "steps": last, "final_loss": final_loss}
+    return {"run_id": run.id, "steps": last, "final_loss": final_loss, "val": val}

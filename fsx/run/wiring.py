@@ -14,11 +14,12 @@ from fsx import tracking
 from fsx.data.coco import CocoSet
 from fsx.data.folds import Split, letters_fold, split_by_fold
 from fsx.data.letters import LettersSpec, letters_cache
-from fsx.engine.finetune import AdaptSettings
+from fsx.engine.finetune import OPTIMIZERS, AdaptSettings
 from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 
+HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
 PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"
 PARENT_RUN_FILE = "fsx_parent_run_id"
 
@@ -43,12 +44,19 @@ def new_model_spec(cfg, num_classes: int) -> dict:
     return model_spec(plain(cfg.detector), plain(cfg.backbone), num_classes, cfg.dataset.image_size, cfg.dataset.image_mean, cfg.dataset.image_std)
 
 
-def adapt_settings(cfg) -> AdaptSettings:
+def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
+    """Adaptation settings from cfg.adapt; a Meta-SGD checkpoint's learned step sizes replace
+    the optimiser unless adapt.learned_lr=false."""
     a = cfg.adapt
     if a.steps < 0:
         raise UsageError(f"adapt.steps={a.steps} must be >= 0")
     if a.params not in TRAINABLE:
         raise UsageError(f"adapt.params={a.params}: choose one of {', '.join(TRAINABLE)}")
+    if a.optimizer not in OPTIMIZERS:
+        raise UsageError(f"adapt.optimizer={a.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+    if a.head not in HEAD_POLICIES:
+        raise UsageError(f"adapt.head={a.head}: choose one of {', '.join(HEAD_POLICIES)}")
+    rates = (checkpoint or {}).get("inner_lr") if a.learned_lr else None
     for key, value in (("batch_size", a.batch_size), ("window", a.window)):
         if value < 1:
             raise UsageError(f"adapt.{key}={value} must be at least 1")
@@ -58,7 +66,7 @@ def adapt_settings(cfg) -> AdaptSettings:
     return AdaptSettings(
         steps=int(a.steps), lr=float(a.lr), batch_size=int(a.batch_size), weight_decay=float(a.weight_decay),
         beta1=float(a.beta1), params=str(a.params), clip_norm=a.clip_norm, early_stopping=bool(a.early_stopping),
-        window=int(a.window), factor=float(a.factor),
+        window=int(a.window), factor=float(a.factor), optimizer=str(a.optimizer), learned_rates=rates or None,
     )
 
 

@@ -1,0 +1,108 @@
+"""Every meta-learner through the CLI, as a user runs it: `fsx pretrain algorithm=<name>`
+with a tiny budget, then `fsx eval` of its checkpoint, against a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import RUN_ID, SCORED, SMALL, client_for, download, explain, fsx_cli, ok, printed_checkpoint_run, sqlite_uri, table_rows
+
+from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
+from fsx.models.heads import num_classes
+
+pytestmark = pytest.mark.slow
+
+TINY = [o for o in SMALL if not o.startswith("algorithm.")]
+META = {
+    "reptile": ["algorithm.inner_steps=2", "algorithm.inner_batch=4", "algorithm.shots=2"],
+    "joint": ["algorithm.inner_batch=4", "algorithm.shots=2"],
+    "maml": ["algorithm.inner_batch=4", "algorithm.shots=2", "algorithm.query_shots=2"],
+    "fomaml": ["algorithm.inner_steps=2", "algorithm.inner_batch=4", "algorithm.shots=2", "algorithm.query_shots=2"],
+    "metasgd": ["algorithm.inner_batch=4", "algorithm.shots=2", "algorithm.query_shots=2"],
+    "anil": ["algorithm.inner_batch=4", "algorithm.shots=2", "algorithm.query_shots=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_"))}
+    out.update(FSX_CACHE=str(tmp_path_factory.mktemp("cache")), FSX_PROGRESS="plain", OMP_NUM_THREADS="1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, env) -> dict[str, dict]:
+    """Each algorithm pretrained (3 meta-iterations) and evaluated (2 tasks), three at a time."""
+    base = tmp_path_factory.mktemp("meta")
+
+    def chain(name: str) -> dict:
+        cwd = base / name
+        pre = ok(fsx_cli(["pretrain", f"algorithm={name}", *TINY, *SCORED, *META[name], "train.steps=3", "train.log_every=1"], cwd, env))
+        run_id = printed_checkpoint_run(pre.stdout)
+        ev = ok(fsx_cli(["eval", f"checkpoint=runs:/{run_id}", "shots=2", "eval.repeats=2", "eval.milestones=[0,2]"], cwd, env))
+        return {"cwd": cwd, "uri": sqlite_uri(cwd / "mlflow.db"), "pretrain": pre, "run_id": run_id, "eval": ev}
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(META, pool.map(chain, META)))
+
+
+@pytest.mark.parametrize("name", list(META))
+def test_meta_learner_pretrains_and_evaluates(name, runs, tmp_path):
+    done = runs[name]
+    client = client_for(done["uri"])
+    run = client.get_run(done["run_id"])
+    assert run.data.tags["fsx.algorithm"] == name
+    params = run.data.params
+    assert params["algorithm.name"] == name and "algorithm.bn_policy" in params, sorted(params)
+    assert sorted(m.step for m in client.get_metric_history(done["run_id"], "train/loss")) == [1, 2, 3]
+
+    payload = read_checkpoint(download(client, done["run_id"], "checkpoints/model.pt", tmp_path))
+    assert payload["adapt_head"] == "keep" and payload["config"]["algorithm"]["name"] == name
+    assert num_classes(load_model(payload)) == 5  # one output per task class, not per base class
+    assert ("inner_lr" in payload) == (name == "metasgd")
+
+    out = done["eval"].stdout
+    assert table_rows(out) == [0, 2], explain(done["eval"])
+    (eval_id,) = re.findall(rf"^MLflow run: ({RUN_ID})$", out, re.M)
+    tags = client.get_run(eval_id).data.tags
+    assert tags["fsx.algorithm"] == name
+    learned = "learned step sizes from the checkpoint" in tags["fsx.adapt_optimizer"]
+    assert learned == (name == "metasgd"), tags["fsx.adapt_optimizer"]
+
+
+def test_learned_rates_can_be_switched_off(runs, env):
+    done = runs["metasgd"]
+    result = ok(fsx_cli(["adapt", f"checkpoint=runs:/{done['run_id']}", "shots=2", "adapt.steps=2", "adapt.learned_lr=false"], done["cwd"], env))
+    (run_id,) = re.findall(rf"MLflow run ({RUN_ID})", result.stdout)
+    assert client_for(done["uri"]).get_run(run_id).data.tags["fsx.adapt_optimizer"] == "adam lr 0.001"
+
+
+def test_maml_on_faster_rcnn_is_refused_with_the_way_out(env, tmp_path):
+    result = fsx_cli(["pretrain", "algorithm=maml", "detector=fasterrcnn", *TINY, "train.steps=1"], tmp_path, env)
+    assert result.returncode == 2, explain(result)
+    assert "RoIAlign" in result.stderr and "algorithm=fomaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_meta_learner_resumes_from_its_last_checkpoint(env, tmp_path: Path):
+    spec = {
+        "detector": {"name": "retinanet", "anchor_scale": 1.5},
+        "backbone": {"name": "tiny", "out_channels": 64, "widths": [16, 32, 64, 128, 128], "extra_levels": 0},
+        "num_classes": 5, "image_size": 64, "image_mean": [0.92] * 3, "image_std": [0.25] * 3,
+    }
+    from fsx.models.detectors import build_detector
+
+    torch.manual_seed(0)
+    base = [c for c in "ACDEFGIJKLNOPQSTUVXYZ"]
+    last = save_checkpoint(tmp_path / "last.pt", build_detector(spec), spec, base, {"algorithm": {"name": "reptile"}}, kind="pretrain", train_state={"step": 2, "algorithm": {}})
+    result = ok(fsx_cli(["pretrain", "algorithm=reptile", *TINY, *META["reptile"], "train.steps=4", "train.log_every=1", f"resume={last}"], tmp_path, env))
+    client = client_for(sqlite_uri(tmp_path / "mlflow.db"))
+    (run,) = client.search_runs([client.get_experiment_by_name("fsx").experiment_id])
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/beta")) == [3, 4]
+    assert "steps" in result.stdout
+    wrong = fsx_cli(["pretrain", "algorithm=maml", *TINY, f"resume={last}"], tmp_path, env)
+    assert wrong.returncode == 2 and "written by algorithm=reptile" in wrong.stderr, explain(wrong)
