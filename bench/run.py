@@ -4,26 +4,32 @@
 
 Each row times two variants of one thing on the same inputs, interleaved (A, B, A, B, ...)
 so that machine noise hits both, and reports the median seconds of each and B/A.
-On a CUDA machine it adds bf16 autocast vs fp32.
+On a CUDA machine it adds bf16 autocast vs fp32. A second table gives the peak memory of a
+meta-iteration (MAML, FOMAML, ANIL at 1, 2 and 5 inner steps): peak CUDA memory on a GPU,
+peak resident memory above the start on a CPU (each measured in a forked process).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
-from fsx.engine.device import autocast, resolve_device
+from fsx.algorithms.episodes import Episode
+from fsx.algorithms.maml import MAML
+from fsx.algorithms.reptile import Reptile
+from fsx.engine.device import autocast, flush_denormals, resolve_device
 from fsx.engine.loop import train_step
 from fsx.models.detectors import build_detector
 from fsx.models.heads import select_trainable
 
 
-def spec(backbone: dict, num_classes: int = 21) -> dict:
+def spec(backbone: dict, num_classes: int = 21, detector: dict | None = None) -> dict:
     return {
-        "detector": {"name": "retinanet", "anchor_scale": 1.5},
+        "detector": detector or {"name": "retinanet", "anchor_scale": 1.5},
         "backbone": backbone,
         "num_classes": num_classes,
         "image_size": 128,
@@ -60,6 +66,82 @@ def infer_fn(backbone: dict, n: int, device, amp: bool = True):
     return run
 
 
+def episodes(count: int, device, seed: int = 0) -> list[Episode]:
+    """Tasks of 16 support and 16 query images (5-way labels), as the samplers make them."""
+    out = []
+    for t in range(count):
+        images, targets = batch(32, torch.device("cpu"))
+        pairs = [(im, {**tg, "labels": tg["labels"] % 5}) for im, tg in zip(images, targets)]
+        out.append(Episode(seed + t, [], 0, pairs[:16], pairs[16:]))
+    return out
+
+
+def reptile_vs_adam(device, inner_steps: int = 5, meta_batch: int = 2):
+    """A: inner_steps x meta_batch plain Adam steps; B: one Reptile meta-iteration over the
+    same batches (the same model, the same number of forward-backward passes)."""
+    tasks = episodes(meta_batch, device)
+    model = build_detector(spec(TINY, 5)).to(device).train()
+    optimizer = torch.optim.Adam(select_trainable(model, "all"), lr=1e-4, betas=(0.0, 0.999))
+    batches = [next(iter(_batches(t.support))) for t in tasks]
+
+    def plain():
+        for images, targets in batches:
+            for _ in range(inner_steps):
+                train_step(model, optimizer, images, targets, device, amp=True, clip_norm=10.0)
+
+    reptile = Reptile(inner_steps=inner_steps, inner_batch=16, inner_lr=1e-4, meta_batch=meta_batch)
+    return plain, lambda: reptile.meta_step(model, tasks, device, beta=0.5)
+
+
+def _batches(dataset):
+    from fsx.engine.loop import infinite_batches
+
+    return infinite_batches(dataset, 16, 0)
+
+
+def maml_fn(device, inner_steps: int, first_order: bool = False, inner_params: str = "all", meta_batch: int = 2):
+    tasks = episodes(meta_batch, device)
+    model = build_detector(spec(TINY, 5)).to(device).train()
+    alg = MAML(first_order=first_order, inner_steps=inner_steps, inner_params=inner_params, meta_batch=meta_batch, inner_batch=16)
+    alg.setup(model, device)
+    alg._optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    return lambda: alg.meta_step(model, tasks, device)
+
+
+def peak_memory_mb(make_fn, device) -> float:
+    """Peak memory of two calls of the function `make_fn()` builds, in a forked child process:
+    CUDA max allocated on a GPU, resident-set growth (VmHWM - VmRSS at start) on a CPU."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        try:
+            fn = make_fn()
+            start = _status_kb("VmRSS")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            fn(), fn()
+            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else (_status_kb("VmHWM") - start) / 1024
+            os.write(write, f"{peak}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else float("nan")
+
+
+def _status_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+TINY = {"name": "tiny", "out_channels": 64}
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -86,9 +168,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    flush_denormals()
     device = resolve_device(args.device)
-    tiny, r18 = {"name": "tiny", "out_channels": 64}, {"name": "resnet18", "out_channels": 128}
+    tiny, r18 = TINY, {"name": "resnet18", "out_channels": 128}
+    plain, reptile = reptile_vs_adam(device)
     rows = [
+        compare("10 Adam steps b16: A plain, B as 1 Reptile meta-iteration (5 x 2)", plain, reptile, device, args.repeats, unit="s/10 steps"),
+        compare("meta-iteration, 1 inner step: A FOMAML, B MAML", maml_fn(device, 1, True), maml_fn(device, 1), device, args.repeats, unit="s/iter"),
+        compare("meta-iteration, 2 inner steps: A FOMAML, B MAML", maml_fn(device, 2, True), maml_fn(device, 2), device, args.repeats, unit="s/iter"),
+        compare("meta-iteration, 5 inner steps: A FOMAML, B MAML", maml_fn(device, 5, True), maml_fn(device, 5), device, args.repeats, unit="s/iter"),
+        compare("meta-iteration, 5 inner steps: A FOMAML, B ANIL (2nd order)", maml_fn(device, 5, True), maml_fn(device, 5, inner_params="heads"), device, args.repeats, unit="s/iter"),
         compare("train step b16: A tiny, B resnet18", train_fn(tiny, 16, device), train_fn(r18, 16, device), device, args.repeats, unit="s/step"),
         compare("train step tiny: A batch 8, B batch 16 (per image)", train_fn(tiny, 8, device), train_fn(tiny, 16, device), device, args.repeats, 8, 16, "s/image"),
         compare("train step tiny b16: A contiguous, B channels_last", train_fn(tiny, 16, device, memory_format=torch.contiguous_format), train_fn(tiny, 16, device, memory_format=torch.channels_last), device, args.repeats, unit="s/step"),
@@ -97,10 +186,20 @@ def main() -> None:
     ]
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
+    memory = {}
+    for steps in (1, 2, 5):
+        for label, kw in (("FOMAML", {"first_order": True}), ("MAML", {}), ("ANIL", {"inner_params": "heads"})):
+            memory[(label, steps)] = peak_memory_mb(lambda kw=kw, steps=steps: maml_fn(device, steps, **kw), device)
     print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {args.repeats}, interleaved\n")
-    print(f"{'comparison':<56} {'A':>10} {'B':>10} {'B/A':>7}  unit")
+    print(f"{'comparison':<66} {'A':>10} {'B':>10} {'B/A':>7}  unit")
     for r in rows:
-        print(f"{r['comparison']:<56} {r['A']:>10.4f} {r['B']:>10.4f} {r['B/A']:>7.2f}  {r['unit']}")
+        print(f"{r['comparison']:<66} {r['A']:>10.4f} {r['B']:>10.4f} {r['B/A']:>7.2f}  {r['unit']}")
+    kind = "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
+    print(f"\nmeta-iteration memory, tiny RetinaNet, 2 tasks of 16 + 16 images at 128 px ({kind}, MB)\n")
+    print(f"{'inner steps':>11} {'FOMAML':>10} {'MAML':>10} {'ANIL':>10} {'MAML/FOMAML':>12}")
+    for steps in (1, 2, 5):
+        f, m, a = (memory[(label, steps)] for label in ("FOMAML", "MAML", "ANIL"))
+        print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ checkpoint reference (`runs:/<id>[/path]`, `latest`, or a file) becomes a local 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -30,23 +31,49 @@ def _mlflow():
     return mlflow
 
 
+_OPENED: set[str] = set()
+
+
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    if tracking_uri in _OPENED:
+        return MlflowClient(tracking_uri=tracking_uri)
+    with _store_lock(tracking_uri):  # opening a new database creates and migrates it
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - unreachable server, unwritable db, bad URI
+            raise UsageError(f"mlflow.tracking_uri={tracking_uri} cannot be opened: {e}") from None
+    _OPENED.add(tracking_uri)
+    return client
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time creates or migrates a SQLite store and its experiments: MLflow
+    runs its schema migrations when it first opens a new file, and two processes doing that
+    at once (a parallel sweep's first jobs) crash each other. Other stores need no lock."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = os.path.abspath(tracking_uri[len("sqlite:///") :])
+    name = hashlib.sha256(database.encode()).hexdigest()[:16]
+    with FileLock(os.path.join(tempfile.gettempdir(), f"fsx-mlflow-{name}.lock")):
+        yield
 
 
 def _experiment_id(tracking_uri: str, experiment: str) -> str:
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri)
     client = _client(tracking_uri)
-    try:
+    with _store_lock(tracking_uri):  # two processes must not both create the experiment
         found = client.get_experiment_by_name(experiment)
-    except Exception as e:  # noqa: BLE001 - unreachable server, unwritable db, bad URI
-        raise UsageError(f"mlflow.tracking_uri={tracking_uri} cannot be opened: {e}") from None
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(experiment)
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -151,20 +178,20 @@ def finish_parent_run(tracking_uri: str, parent_run_id: str, failed: bool = Fals
     return children
 
 
-def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain") -> str:
+def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain", algorithm: str | None = None) -> str:
+    """The newest finished run of `command` (and of `algorithm`, when given) in the experiment."""
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     runs = []
+    wanted = f"tags.`fsx.command` = '{command}' and attributes.status = 'FINISHED'"
+    if algorithm:
+        wanted += f" and tags.`fsx.algorithm` = '{algorithm}'"
     if exp is not None:
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=f"tags.`fsx.command` = '{command}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        runs = client.search_runs([exp.experiment_id], filter_string=wanted, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        name = "latest" if command == "pretrain" else f"latest:{command}"
-        raise UsageError(f"checkpoint={name}: no finished '{command}' run in experiment '{experiment}' at {tracking_uri}")
+        name = "latest" if (command, algorithm) == ("pretrain", None) else ":".join(["latest", command] + ([algorithm] if algorithm else []))
+        what = f"'{command}' run" + (f" of algorithm {algorithm}" if algorithm else "")
+        raise UsageError(f"checkpoint={name}: no finished {what} in experiment '{experiment}' at {tracking_uri}")
     return runs[0].info.run_id
 
 
@@ -172,14 +199,15 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
     """A local checkpoint file for `reference`, and the run id it came from (None for a file).
 
     reference: `runs:/<run_id>` (its checkpoints/model.pt), `runs:/<run_id>/<artifact path>`,
-    `latest` (the newest finished pretrain run of the experiment), or a file path.
+    `latest` (the newest finished pretrain run of the experiment), `latest:<command>`,
+    `latest:<command>:<algorithm>` (e.g. latest:pretrain:reptile), or a file path.
     """
     if reference in (None, "", "None"):
         raise UsageError("this command needs a checkpoint: add checkpoint=runs:/<run_id>, checkpoint=latest or checkpoint=<file.pt>")
     reference = str(reference)
     if reference == "latest" or reference.startswith("latest:"):
-        command = reference.split(":", 1)[1] if ":" in reference else "pretrain"
-        reference = f"runs:/{latest_run_id(tracking_uri, experiment, command)}"
+        _, command, algorithm = (reference.split(":", 2) + ["", ""])[:3]
+        reference = f"runs:/{latest_run_id(tracking_uri, experiment, command or 'pretrain', algorithm or None)}"
     if not reference.startswith("runs:/"):
         path = Path(reference).expanduser()
         if not path.is_file():
@@ -205,3 +233,28 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
             raise UsageError(f"checkpoint={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
         os.replace(local, final)
     return final, run_id
+
+
+def newest_runs_by_tag(tracking_uri: str, experiment: str, command: str, tag: str) -> dict[str, str]:
+    """{tag value: run id} of the newest finished run of `command` for each value of `tag`
+    (e.g. the newest eval run of each algorithm)."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UsageError(f"no experiment '{experiment}' at {tracking_uri}")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`fsx.command` = '{command}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10000,
+    )
+    newest: dict[str, str] = {}
+    for run in runs:
+        newest.setdefault(run.data.tags.get(tag, ""), run.info.run_id)
+    return newest
+
+
+def artifact_text(tracking_uri: str, run_id: str, path: str) -> str:
+    """The text of one artifact of a run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(_client(tracking_uri).download_artifacts(run_id, path, tmp)).read_text()

@@ -217,3 +217,20 @@ def test_voc_ap_iou_threshold_and_no_detections():
     assert voc_metrics(gt, [_det((0, 0, 10, 6), 0.9)])["vocAP50"] == pytest.approx(1.0)  # IoU 0.6
     assert voc_metrics(gt, [_det((0, 0, 10, 4), 0.9)])["vocAP50"] == 0.0  # IoU 0.4
     assert voc_metrics(gt, []) == {"vocAP50": 0.0, "voc07AP50": 0.0}
+
+
+def test_paired_difference_matches_scipy_and_a_hand_computed_interval():
+    from scipy import stats as st
+
+    from fsx.evaluation.aggregate import paired_difference
+
+    a = [0.30, 0.42, 0.35, 0.50, 0.28]
+    b = [0.36, 0.45, 0.41, 0.52, 0.37]
+    d = [y - x for x, y in zip(a, b)]
+    out = paired_difference(a, b)
+    mean = sum(d) / 5
+    sd = (sum((v - mean) ** 2 for v in d) / 4) ** 0.5
+    assert out["n"] == 5 and out["mean"] == pytest.approx(mean)
+    assert out["ci95"] == pytest.approx(2.7764451 * sd / 5**0.5, rel=1e-6)  # t(0.975, 4)
+    assert out["p"] == pytest.approx(st.ttest_rel(b, a).pvalue)
+    assert paired_difference([0.1, float("nan"), 0.3], [0.2, 0.5, 0.45])["n"] == 2

@@ -34,6 +34,11 @@ class Algorithm(abc.ABC):
     task_sized_head: bool = False
     ways: int = 0
 
+    def passes_per_step(self) -> int:
+        """Forward-backward passes of one `pretrain` step (a meta-iteration for meta-learners):
+        the unit of `train.passes`, which matches compute across algorithms."""
+        return 1
+
     def num_outputs(self, data: PretrainData) -> int:
         """How many classes the model's head predicts during pretraining."""
         return self.ways if self.task_sized_head else len(data.class_ids)

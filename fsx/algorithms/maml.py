@@ -120,6 +120,9 @@ class MAML(Algorithm):
             "inner_parameter_set": self.inner_params,
         }
 
+    def passes_per_step(self) -> int:
+        return self.meta_batch * (self.inner_steps + 1)  # inner steps on the support set, one on the query set
+
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Choose the inner parameters, make the learned rates, and refuse what cannot work."""
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}

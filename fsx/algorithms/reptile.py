@@ -73,6 +73,9 @@ class Reptile(Algorithm):
             "inner_optimizer": f"Adam(lr={self.inner_lr}, betas=({self.inner_beta1}, 0.999)), state {self.inner_state} per task",
         }
 
+    def passes_per_step(self) -> int:
+        return self.meta_batch * self.inner_steps
+
     def beta_at(self, iteration: int) -> float:
         """β of meta-iteration `iteration` (1-based): `beta` at the first, annealed linearly
         toward `beta_final`, which it would reach one iteration after the last."""

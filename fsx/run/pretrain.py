@@ -19,10 +19,20 @@ from fsx.models.detectors import build_detector
 from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run
 
 
+def budget(cfg, algorithm) -> int:
+    """Steps (meta-iterations) to run: train.steps, or as many as fit in train.passes
+    forward-backward passes of this algorithm (compute matched across algorithms)."""
+    if cfg.train.passes is None:
+        return int(cfg.train.steps)
+    return max(1, round(int(cfg.train.passes) / algorithm.passes_per_step()))
+
+
 def pretrain(cfg) -> dict:
     for key in ("steps", "log_every"):
         if cfg.train[key] < 1:
             raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
+    if cfg.train.passes is not None and cfg.train.passes < 1:
+        raise UsageError(f"train.passes={cfg.train.passes} must be at least 1 (or null: use train.steps)")
     for key in ("checkpoint_every", "val_images"):
         if cfg.train[key] < 0:
             raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
@@ -46,6 +56,7 @@ def pretrain(cfg) -> dict:
 
     seed_everything(cfg.seed)
     algorithm = build_algorithm(**plain(cfg.algorithm))
+    steps = budget(cfg, algorithm)
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
     data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform))
     spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
@@ -66,6 +77,7 @@ def pretrain(cfg) -> dict:
                 "train_images": len(train_set),
                 "device_used": str(device),
                 "algorithm": algorithm.describe(),
+                "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step()},
             }
         )
         window: list[float] = []
@@ -78,13 +90,13 @@ def pretrain(cfg) -> dict:
         def on_step(step: int, losses: dict[str, float]) -> None:
             done[0] = step
             window.append(losses["loss"])
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.log_every == 0 or step == steps:
                 run.log_metrics({f"train/{k}": v for k, v in losses.items()}, step=step)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < cfg.train.steps:
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < steps:
                 save_last(step)
 
         try:
-            last = algorithm.pretrain(model, data, int(cfg.train.steps), device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
+            last = algorithm.pretrain(model, data, steps, device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
         except KeyboardInterrupt:
             if done[0] > start_step:
                 save_last(done[0])

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduces experiments/letters-adaptation-speed from the repository root (after `make install`):
+# every algorithm pretrained with the same compute, then evaluated on the same sampled tasks.
+# Writes to ./mlflow.db, experiment letters-speed; two jobs at a time, one thread each.
+set -euo pipefail
+export OMP_NUM_THREADS=1 FSX_PROGRESS=plain
+FSX=${FSX:-.venv/bin/fsx}
+PYTHON=${PYTHON:-.venv/bin/python}
+ALGORITHMS=${ALGORITHMS:-standard,joint,reptile,fomaml,maml,metasgd,anil}
+CHECKPOINTS=$(echo "$ALGORITHMS" | sed -E 's/([a-z]+)/latest:pretrain:\1/g')
+"$FSX" pretrain -m experiment=letters_speed "algorithm=$ALGORITHMS" hydra/launcher=joblib hydra.launcher.n_jobs=2
+"$FSX" eval -m experiment=letters_speed "checkpoint=$CHECKPOINTS" hydra/launcher=joblib hydra.launcher.n_jobs=2
+"$PYTHON" experiments/letters-adaptation-speed/table.py --experiment letters-speed
