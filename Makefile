@@ -30,7 +30,7 @@ bench: install
 	$(BIN)/python bench/run.py
 
 lint: install
-	$(BIN)/ruff check fsx tests bench
+	$(BIN)/ruff check fsx tests bench experiments
 
 clean:
 	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache

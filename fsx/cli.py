@@ -229,23 +229,37 @@ def _verb(name: str, summary: str) -> Callable:
 
 _verb(
     "pretrain",
-    "Pretrain a detector on the base classes of a dataset fold with the configured algorithm "
-    "(algorithm=standard). Logs the checkpoint as checkpoints/model.pt in a new MLflow run and prints its id. "
-    "Keys: dataset=letters dataset.fold=1..5, backbone=tiny|resnet18, train.steps, seed, device, "
-    "resume=<outputs/.../checkpoints/last.pt> to continue an interrupted run.",
+    "Pretrain a detector on the base classes of a dataset fold with the configured algorithm. "
+    "Logs the checkpoint as checkpoints/model.pt in a new MLflow run and prints its id.\n\n"
+    "\b\n"
+    "algorithm=  standard  plain training on all base classes (train.steps = optimiser steps)\n"
+    "            reptile   Reptile, RT's settings: n inner Adam steps per task, meta step annealed\n"
+    "            joint     Reptile with one inner step\n"
+    "            maml      second-order MAML (torch.func); memory grows linearly with inner_steps\n"
+    "            fomaml    first-order MAML: one step's memory\n"
+    "            metasgd   MAML with learned inner step sizes (adapt/eval use them)\n"
+    "            anil      MAML whose inner loop adapts only the detection head\n"
+    "detector=   fcos (default) | retinanet | fasterrcnn   backbone= tiny | resnet18\n"
+    "train.steps counts meta-iterations for meta-learners; train.passes=N instead gives every\n"
+    "algorithm the same N forward-backward passes. resume=<.../checkpoints/last.pt> continues an\n"
+    "interrupted run. Other keys: dataset.fold, seed, device, algorithm.<hyperparameter>.",
 )
 _verb(
     "adapt",
     "Adapt a checkpoint to one K-shot task of the fold's novel classes: sample `ways` x `shots` "
-    "support images from test-adapt (task_seed), reset the class head, fine-tune for adapt.steps with "
-    "early stopping and rollback, score test-test, and log the adapted checkpoint. "
-    "Needs checkpoint=runs:/<id> | latest | <file.pt>.",
+    "support images from test-adapt (task_seed), make the class head ready (a fresh one; a meta-learner's "
+    "task-sized head is kept unless adapt.head=reset), fine-tune for adapt.steps with early stopping and "
+    "rollback (a Meta-SGD checkpoint with its learned step sizes unless adapt.learned_lr=false), score "
+    "test-test, and log the adapted checkpoint. Needs checkpoint=runs:/<id> | latest | "
+    "latest:pretrain:<algorithm> | <file.pt>.",
 )
 _verb(
     "eval",
-    "The few-shot protocol: for eval.repeats sampled tasks, adapt from the checkpoint and score all "
-    "of test-test with COCOeval after each of eval.milestones adaptation steps; logs every repeat and "
-    "the mean, std and 95% CI, and prints a table. Needs checkpoint=runs:/<id> | latest | <file.pt>.",
+    "The few-shot protocol: for eval.repeats sampled tasks (task seeds task_seed, task_seed+1, ...: the "
+    "same tasks for every checkpoint), adapt from the checkpoint as `fsx adapt` does and score all of "
+    "test-test with COCOeval after each of eval.milestones adaptation steps; logs every repeat and the "
+    "mean, std and 95% CI, and prints a table. Needs checkpoint=runs:/<id> | latest | "
+    "latest:pretrain:<algorithm> | <file.pt>.",
 )
 
 

@@ -258,3 +258,9 @@ def artifact_text(tracking_uri: str, run_id: str, path: str) -> str:
     """The text of one artifact of a run."""
     with tempfile.TemporaryDirectory() as tmp:
         return Path(_client(tracking_uri).download_artifacts(run_id, path, tmp)).read_text()
+
+
+def run_record(tracking_uri: str, run_id: str) -> dict:
+    """{params, metrics (latest values), tags} of one run."""
+    run = _client(tracking_uri).get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}

@@ -573,6 +573,15 @@ def test_verb_help(verb, fsx_env, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_pretrain_help_names_every_algorithm_and_detector(fsx_env, tmp_path):
+    from fsx.algorithms import ALGORITHMS
+    from fsx.models.detectors import DETECTORS
+
+    text = ok(fsx_cli(["pretrain", "--help"], tmp_path, fsx_env)).stdout
+    missing = [name for name in (*ALGORITHMS, *DETECTORS) if not re.search(rf"\b{name}\b", text)]
+    assert not missing, f"pretrain --help does not name {missing}:\n{text}"
+
+
 def test_top_level_help_and_version(fsx_env, tmp_path):
     result = ok(fsx_cli(["--help"], tmp_path, fsx_env))
     assert all(verb in result.stdout for verb in ("pretrain", "adapt", "eval"))

@@ -16,7 +16,6 @@ from fsx.engine.early_stopping import EarlyStopping
 from fsx.engine.loop import infinite_batches, optimizer_step, train
 from fsx.models.heads import select_named, select_trainable
 
-
 OPTIMIZERS = ("adam", "sgd")
 
 

@@ -93,6 +93,14 @@ def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Genera
     head.num_classes = num_classes
 
 
+def frozen_norm_layers(model: nn.Module) -> int:
+    """How many FrozenBatchNorm2d layers the model has: their affine terms are buffers, not
+    parameters, so no optimiser (and no meta-learner's inner loop) ever changes them."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
 def upstream_of_roi_align(model: nn.Module, names: list[str]) -> list[str]:
     """The parameters among `names` whose gradient flows back through RoIAlign (a two-stage
     detector's backbone; the RPN's proposals are detached, so its head is not among them):

@@ -16,6 +16,7 @@ from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
+from fsx.models.heads import frozen_norm_layers
 from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run
 
 
@@ -67,13 +68,20 @@ def pretrain(cfg) -> dict:
         algorithm.load_state_dict(resume["train_state"]["algorithm"])
     config = plain(cfg)
     last_path = output_dir() / "checkpoints" / "last.pt"
+    frozen = frozen_norm_layers(model)
+    if frozen and algorithm.task_sized_head:
+        print(
+            f"note: the backbone has {frozen} frozen batch-norm layers (backbone.norm=frozen_bn): their scale and shift are "
+            f"buffers, so {cfg.algorithm.name}'s inner loop cannot adapt them; backbone.norm=bn makes them parameters",
+            flush=True,
+        )
 
     extra_tags = {"fsx.resumed_from": str(cfg.resume)} if resume else {}
     with recorded_run(cfg, "pretrain", dataset_cfg, run_name=f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}", extra_tags=extra_tags) as run:
         run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
         run.log_params(
             {
-                "model": {"parameters": sum(p.numel() for p in model.parameters()), "head_classes": spec["num_classes"]},
+                "model": {"parameters": sum(p.numel() for p in model.parameters()), "head_classes": spec["num_classes"], "frozen_norm_layers": frozen},
                 "train_images": len(train_set),
                 "device_used": str(device),
                 "algorithm": algorithm.describe(),
