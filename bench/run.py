@@ -12,8 +12,9 @@ peak resident memory above the start on a CPU (each measured in a forked process
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -29,7 +30,7 @@ from fsx.models.heads import select_trainable
 
 def spec(backbone: dict, num_classes: int = 21, detector: dict | None = None) -> dict:
     return {
-        "detector": detector or {"name": "retinanet", "anchor_scale": 1.5},
+        "detector": detector or FCOS,
         "backbone": backbone,
         "num_classes": num_classes,
         "image_size": 128,
@@ -45,8 +46,8 @@ def batch(n: int, device):
     return images, targets
 
 
-def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True, memory_format=None):
-    model = build_detector(spec(backbone)).to(device).train()
+def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True, memory_format=None, detector: dict | None = None):
+    model = build_detector(spec(backbone, detector=detector)).to(device).train()
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
     opt = torch.optim.Adam(select_trainable(model, params), lr=1e-4)
@@ -64,6 +65,32 @@ def infer_fn(backbone: dict, n: int, device, amp: bool = True):
             model(images)
 
     return run
+
+
+def denormal_fn(flush: bool, device):
+    """A training step at one thread of a model whose weights hold denormal floats (a quarter
+    of every conv's filters scaled by 1e-39, as decayed weights of a long run end up), with
+    denormals kept or flushed to zero. Whether they cost anything depends on the CPU: FINDINGS
+    measured a trained model's step 2x slower without the flush on one machine."""
+    model = build_detector(spec(TINY)).to(device).train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight[: max(1, m.out_channels // 4)] *= 1e-39
+    optimizer = torch.optim.SGD(select_trainable(model, "all"), lr=0.0)
+    images, targets = batch(16, device)
+
+    def step():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the flag is per thread: one thread does all the work here
+        torch.set_flush_denormal(flush)
+        try:
+            train_step(model, optimizer, images, targets, device, amp=True, clip_norm=10.0)
+        finally:
+            torch.set_flush_denormal(True)
+            torch.set_num_threads(threads)
+
+    return step
 
 
 def episodes(count: int, device, seed: int = 0) -> list[Episode]:
@@ -108,28 +135,30 @@ def maml_fn(device, inner_steps: int, first_order: bool = False, inner_params: s
     return lambda: alg.meta_step(model, tasks, device)
 
 
-def peak_memory_mb(make_fn, device) -> float:
-    """Peak memory of two calls of the function `make_fn()` builds, in a forked child process:
-    CUDA max allocated on a GPU, resident-set growth (VmHWM - VmRSS at start) on a CPU."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read)
-        try:
-            fn = make_fn()
-            start = _status_kb("VmRSS")
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            fn(), fn()
-            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else (_status_kb("VmHWM") - start) / 1024
-            os.write(write, f"{peak}".encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
-    return float(text) if text else float("nan")
+def peak_memory_mb(variant: str, steps: int, device) -> float:
+    """Peak memory of two meta-iterations of `variant` (fomaml | maml | anil), measured in a
+    fresh Python process (a fork would inherit torch's thread pool and can hang): peak CUDA
+    memory allocated on a GPU, resident-set growth (VmHWM - VmRSS before) on a CPU."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--memory-of", variant, str(steps), "--device", str(device)],
+        capture_output=True, text=True, timeout=3600,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {variant} failed:\n{result.stderr[-2000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+MAML_VARIANTS = {"fomaml": {"first_order": True}, "maml": {}, "anil": {"inner_params": "heads"}}
+
+
+def memory_child(variant: str, steps: int, device) -> None:
+    fn = maml_fn(device, steps, **MAML_VARIANTS[variant])
+    start = _status_kb("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    fn(), fn()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else (_status_kb("VmHWM") - start) / 1024
+    print(peak)
 
 
 def _status_kb(field: str) -> int:
@@ -140,6 +169,9 @@ def _status_kb(field: str) -> int:
 
 
 TINY = {"name": "tiny", "out_channels": 64}
+FCOS = {"name": "fcos"}
+RETINANET = {"name": "retinanet", "anchor_scale": 1.5, "head_norm": "group", "box_loss": "giou"}
+FASTER_RCNN = {"name": "fasterrcnn", "anchor_scale": 2.0, "anchor_octaves": 2, "representation_size": 256, "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128}
 
 
 def timed(fn, device) -> float:
@@ -167,9 +199,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--memory-of", nargs=2, metavar=("VARIANT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     flush_denormals()
     device = resolve_device(args.device)
+    if args.memory_of:
+        return memory_child(args.memory_of[0], int(args.memory_of[1]), device)
     tiny, r18 = TINY, {"name": "resnet18", "out_channels": 128}
     plain, reptile = reptile_vs_adam(device)
     rows = [
@@ -180,25 +215,26 @@ def main() -> None:
         compare("meta-iteration, 5 inner steps: A FOMAML, B ANIL (2nd order)", maml_fn(device, 5, True), maml_fn(device, 5, inner_params="heads"), device, args.repeats, unit="s/iter"),
         compare("train step b16: A tiny, B resnet18", train_fn(tiny, 16, device), train_fn(r18, 16, device), device, args.repeats, unit="s/step"),
         compare("train step tiny: A batch 8, B batch 16 (per image)", train_fn(tiny, 8, device), train_fn(tiny, 16, device), device, args.repeats, 8, 16, "s/image"),
+        compare("train step tiny b16: A FCOS, B RetinaNet", train_fn(tiny, 16, device), train_fn(tiny, 16, device, detector=RETINANET), device, args.repeats, unit="s/step"),
+        compare("train step tiny b16: A FCOS, B Faster R-CNN", train_fn(tiny, 16, device), train_fn(tiny, 16, device, detector=FASTER_RCNN), device, args.repeats, unit="s/step"),
+        compare("Faster R-CNN step b16: A torchvision RoIAlign, B grid", train_fn(tiny, 16, device, detector=FASTER_RCNN), train_fn(tiny, 16, device, detector={**FASTER_RCNN, "roi_align": "grid"}), device, args.repeats, unit="s/step"),
+        compare("step b16, 1 thread, denormal weights: A kept, B flushed", denormal_fn(False, device), denormal_fn(True, device), device, args.repeats, unit="s/step"),
         compare("train step tiny b16: A contiguous, B channels_last", train_fn(tiny, 16, device, memory_format=torch.contiguous_format), train_fn(tiny, 16, device, memory_format=torch.channels_last), device, args.repeats, unit="s/step"),
         compare("adapt step tiny b16: A all params, B class head only", train_fn(tiny, 16, device), train_fn(tiny, 16, device, params="class_head"), device, args.repeats, unit="s/step"),
         compare("inference tiny: A batch 1, B batch 32 (per image)", infer_fn(tiny, 1, device), infer_fn(tiny, 32, device), device, args.repeats, 1, 32, "s/image"),
     ]
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
-    memory = {}
-    for steps in (1, 2, 5):
-        for label, kw in (("FOMAML", {"first_order": True}), ("MAML", {}), ("ANIL", {"inner_params": "heads"})):
-            memory[(label, steps)] = peak_memory_mb(lambda kw=kw, steps=steps: maml_fn(device, steps, **kw), device)
+    memory = {(variant, steps): peak_memory_mb(variant, steps, device) for steps in (1, 2, 5) for variant in MAML_VARIANTS}
     print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {args.repeats}, interleaved\n")
     print(f"{'comparison':<66} {'A':>10} {'B':>10} {'B/A':>7}  unit")
     for r in rows:
         print(f"{r['comparison']:<66} {r['A']:>10.4f} {r['B']:>10.4f} {r['B/A']:>7.2f}  {r['unit']}")
     kind = "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
-    print(f"\nmeta-iteration memory, tiny RetinaNet, 2 tasks of 16 + 16 images at 128 px ({kind}, MB)\n")
+    print(f"\nmeta-iteration memory, tiny FCOS, 2 tasks of 16 + 16 images at 128 px ({kind}, MB)\n")
     print(f"{'inner steps':>11} {'FOMAML':>10} {'MAML':>10} {'ANIL':>10} {'MAML/FOMAML':>12}")
     for steps in (1, 2, 5):
-        f, m, a = (memory[(label, steps)] for label in ("FOMAML", "MAML", "ANIL"))
+        f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
 
 

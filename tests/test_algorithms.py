@@ -204,6 +204,8 @@ DETECTORS = {
     "retinanet": {"name": "retinanet", "anchor_scale": 1.5},
     "fcos": {"name": "fcos"},
     "fasterrcnn": {"name": "fasterrcnn", "anchor_scale": 3.0, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100},
+    # RoIAlign from grid_sample: second-order meta-gradients pass through it
+    "fasterrcnn-grid": {"name": "fasterrcnn", "anchor_scale": 3.0, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100, "roi_align": "grid"},
 }
 SETTINGS = {
     "reptile": dict(inner_steps=2, inner_batch=4, inner_lr=2e-3, shots=2, meta_batch=2),
@@ -358,3 +360,16 @@ def test_a_resumed_meta_learner_ends_on_the_same_weights(name, extra, letters_da
     again.load_state_dict(saved["algorithm"])
     again.pretrain(resumed, letters_data, 4, CPU, seed=0, start_step=2)
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_pass_budget_gives_every_algorithm_the_same_compute():
+    from omegaconf import OmegaConf
+
+    from fsx.run.pretrain import budget
+
+    cfg = OmegaConf.create({"train": {"steps": 7, "passes": 1200}})
+    assert budget(cfg, build_algorithm("standard")) == 1200
+    assert budget(cfg, build_algorithm("reptile", inner_steps=10, meta_batch=2)) == 60  # 20 passes per meta-iteration
+    assert budget(cfg, build_algorithm("joint", meta_batch=2)) == 600
+    assert budget(cfg, build_algorithm("fomaml", inner_steps=2, meta_batch=2)) == 200  # 2 x (2 support + 1 query)
+    assert budget(OmegaConf.create({"train": {"steps": 7, "passes": None}}), build_algorithm("maml")) == 7

@@ -267,7 +267,7 @@ def test_pretrain_records_run_in_default_store(pretrained):
     tags = run.data.tags
     assert {k: tags.get(k) for k in CONTRACT_TAGS} == {
         "fsx.command": "pretrain", "fsx.dataset": "letters", "fsx.fold": "1",
-        "fsx.algorithm": "standard", "fsx.detector": "retinanet", "fsx.backbone": "tiny",
+        "fsx.algorithm": "standard", "fsx.detector": "fcos", "fsx.backbone": "tiny",
     }
     assert run.data.params["train.steps"] == "6"
     assert run.data.params["dataset.generator.num_images"] == "300"
@@ -323,7 +323,7 @@ def test_adapt_run(adapted, pretrained, tmp_path):
     tags = run.data.tags
     assert {k: tags.get(k) for k in CONTRACT_TAGS} == {
         "fsx.command": "adapt", "fsx.dataset": "letters", "fsx.fold": "1",
-        "fsx.algorithm": "standard", "fsx.detector": "retinanet", "fsx.backbone": "tiny",
+        "fsx.algorithm": "standard", "fsx.detector": "fcos", "fsx.backbone": "tiny",
     }
     assert tags["fsx.source_run"] == pretrained.run_id
     assert {"config.yaml", "manifest.json", "checkpoints/model.pt"} <= artifact_paths(client, adapted.run_id)

@@ -134,8 +134,8 @@ class MAML(Algorithm):
             raise UsageError(
                 f"algorithm={self.name}: second-order meta-gradients cannot pass through a two-stage detector's RoIAlign "
                 f"(torchvision's compiled op has no double backward), and inner_params={self.inner_params} adapts "
-                f"{len(blocked)} tensors before it (e.g. {blocked[0]}). Use algorithm=fomaml, or algorithm.inner_params=heads "
-                f"(the RPN and RoI heads: second order works there, as algorithm=anil does), or a one-stage detector."
+                f"{len(blocked)} tensors before it (e.g. {blocked[0]}). Use detector.roi_align=grid (RoIAlign from differentiable "
+                f"ops), algorithm=fomaml, algorithm.inner_params=heads (the RPN and RoI heads, as algorithm=anil does), or a one-stage detector."
             )
         params = dict(model.named_parameters())
         if self.learn_inner_lr and not self.rates:

@@ -33,7 +33,7 @@ class Reptile(Algorithm):
     def __init__(
         self,
         name: str = "reptile",
-        inner_steps: int = 10,
+        inner_steps: int | None = None,  # 10 (RT Table 6.2a); joint: 1
         inner_batch: int = 16,
         inner_lr: float = 1e-4,
         inner_beta1: float = 0.0,
@@ -47,6 +47,8 @@ class Reptile(Algorithm):
         clip_norm: float | None = 10.0,
         weight_decay: float = 0.0,
     ):
+        if inner_steps is None:
+            inner_steps = 1 if name == "joint" else 10
         problems = [f"{k}={v} must be at least 1" for k, v in (("inner_steps", inner_steps), ("inner_batch", inner_batch), ("ways", ways), ("shots", shots), ("meta_batch", meta_batch)) if v < 1]
         if not inner_lr > 0:
             problems.append(f"inner_lr={inner_lr} must be positive")

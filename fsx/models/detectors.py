@@ -22,10 +22,12 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
 from fsx.models.backbones import build_backbone
+from fsx.models.roi_align import GridRoIAlign
 
 DETECTORS = ("retinanet", "fcos", "fasterrcnn")
 TWO_STAGE = ("fasterrcnn",)
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "ciou", "diou")
+ROI_ALIGNS = ("torchvision", "grid")  # the compiled op, or grid_sample (differentiable twice)
 
 
 class FloatAnchorGenerator(AnchorGenerator):
@@ -138,11 +140,15 @@ def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
     levels = [str(i) for i in range(len(backbone.strides))]
     pool = det.get("roi_size", 7)
     rep = det.get("representation_size", 1024)
+    kind = det.get("roi_align", "torchvision")
+    if kind not in ROI_ALIGNS:
+        raise UsageError(f"detector.roi_align={kind}: choose one of {', '.join(ROI_ALIGNS)}")
+    pooler = (GridRoIAlign if kind == "grid" else MultiScaleRoIAlign)(featmap_names=levels, output_size=pool, sampling_ratio=2)
     return ZeroBasedFasterRCNN(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=pool, sampling_ratio=2),
+        box_roi_pool=pooler,
         box_head=TwoMLPHead(backbone.out_channels * pool * pool, rep),
         box_predictor=FastRCNNPredictor(rep, num_classes + 1),
         rpn_pre_nms_top_n_train=det.get("rpn_pre_nms_top_n_train", 2000),

@@ -102,10 +102,12 @@ def frozen_norm_layers(model: nn.Module) -> int:
 
 
 def upstream_of_roi_align(model: nn.Module, names: list[str]) -> list[str]:
-    """The parameters among `names` whose gradient flows back through RoIAlign (a two-stage
-    detector's backbone; the RPN's proposals are detached, so its head is not among them):
-    torchvision's compiled RoIAlign has no double backward, so second-order meta-gradients
-    cannot pass through them."""
-    if not isinstance(model, FasterRCNN):
+    """The parameters among `names` whose gradient flows back through a compiled RoIAlign (a
+    two-stage detector's backbone; the RPN's proposals are detached, so its head is not among
+    them): torchvision's op has no double backward, so second-order meta-gradients cannot
+    pass through them. `detector.roi_align=grid` pools with differentiable ops instead."""
+    from fsx.models.roi_align import GridRoIAlign
+
+    if not isinstance(model, FasterRCNN) or isinstance(model.roi_heads.box_roi_pool, GridRoIAlign):
         return []
     return [n for n in names if not n.startswith(("rpn.", "roi_heads."))]
