@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from fsx.algorithms import ALGORITHMS
 from fsx.models.detectors import build_detector
 from fsx.models.heads import parameter_names, upstream_of_roi_align
