@@ -299,3 +299,42 @@ def test_select_trainable_freezes_everything_else():
     params = select_trainable(model, "class_head")
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in params} == {id(p) for p in model.head.classification_head.parameters()}
+
+
+# --- every family ----------------------------------------------------------------------------
+
+FAMILIES = {
+    "retinanet": {"name": "retinanet", "anchor_scale": 1.5, "head_norm": "group", "box_loss": "giou"},
+    "fcos": {"name": "fcos"},
+    "fasterrcnn": {"name": "fasterrcnn", "anchor_scale": 2.0, "anchor_octaves": 2, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100},
+}
+
+
+@pytest.mark.parametrize("backbone", [{"name": "tiny", "out_channels": 32, "widths": [8, 16, 32, 32, 32]}, {"name": "resnet18", "out_channels": 32}], ids=["tiny", "resnet18"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_detector_and_backbone_trains_two_steps_and_predicts(family, backbone, one_thread):
+    torch.manual_seed(0)
+    spec = {**tiny_spec(), "detector": {**FAMILIES[family], "score_thresh": 0.0}, "backbone": backbone, "num_classes": 3, "image_size": 64}
+    model = build_detector(spec).train()
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[5.0, 6.0, 30.0, 40.0], [34.0, 30.0, 60.0, 58.0]]), "labels": torch.tensor([0, 2])} for _ in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        losses = model(images, targets)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and all(set(o) >= {"boxes", "labels", "scores"} for o in out)
+    labels = torch.cat([o["labels"] for o in out])
+    assert len(labels) > 0 and labels.min() >= 0 and labels.max() <= 2  # fsx labels 0..M-1 for every family
+    assert num_classes(model) == 3
+    reset_class_head(model, 5)
+    assert num_classes(model) == 5
+    with torch.no_grad():
+        assert torch.cat([o["labels"] for o in model(images)]).max() <= 4
