@@ -373,3 +373,24 @@ def test_a_pass_budget_gives_every_algorithm_the_same_compute():
     assert budget(cfg, build_algorithm("joint", meta_batch=2)) == 600
     assert budget(cfg, build_algorithm("fomaml", inner_steps=2, meta_batch=2)) == 200  # 2 x (2 support + 1 query)
     assert budget(OmegaConf.create({"train": {"steps": 7, "passes": None}}), build_algorithm("maml")) == 7
+
+
+def test_a_meta_learned_head_is_kept_when_it_fits_the_task_and_reset_otherwise(tmp_path, letters_data):
+    from fsx.data.shots import Task
+    from fsx.engine.checkpoint import read_checkpoint, save_checkpoint
+    from fsx.run.fewshot import model_for_task
+
+    model = small_model("fcos", 5)
+    spec = {"detector": DETECTORS["fcos"], "backbone": {"name": "tiny", "out_channels": 32, "widths": [8, 16, 32, 32, 32]}, "num_classes": 5, "image_size": 128, "image_mean": [0.92] * 3, "image_std": [0.25] * 3}
+    head = "head.classification_head.cls_logits.weight"
+
+    def task(ways: int) -> Task:
+        return Task(list(range(ways)), list("BHMRW"[:ways]), 5, 1, None, "image_level")
+
+    for keep, expect_kept in (("keep", True), ("reset", False)):
+        payload = read_checkpoint(save_checkpoint(tmp_path / f"{keep}.pt", model, spec, letters_data.class_names, {}, kind="pretrain", adapt_head=keep))
+        rebuilt = model_for_task(payload, task(5), CPU, seed=0)
+        assert torch.equal(rebuilt.state_dict()[head], model.state_dict()[head]) == expect_kept
+    meta = read_checkpoint(tmp_path / "keep.pt")
+    assert not torch.equal(model_for_task(meta, task(5), CPU, seed=0, reset=True).state_dict()[head], model.state_dict()[head])  # adapt.head=reset
+    assert model_for_task(meta, task(3), CPU, seed=0).state_dict()[head].shape[0] == 3  # a 3-way task needs a new head
