@@ -240,7 +240,8 @@ _verb(
     "            fomaml    first-order MAML: one step's memory\n"
     "            metasgd   MAML with learned inner step sizes (adapt/eval use them)\n"
     "            anil      MAML whose inner loop adapts only the detection head\n"
-    "detector=   fcos (default) | retinanet | fasterrcnn   backbone= tiny | resnet18\n"
+    "detector=   fcos (default) | retinanet | fasterrcnn\n"
+    "backbone=   tiny (default) | resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3 (fsx models lists them)\n"
     "train.steps counts meta-iterations for meta-learners; train.passes=N instead gives every\n"
     "algorithm the same N forward-backward passes. resume=<.../checkpoints/last.pt> continues an\n"
     "interrupted run. Other keys: dataset.fold, seed, device, algorithm.<hyperparameter>.",

@@ -109,10 +109,11 @@ def test_a_meta_learner_resumes_from_its_last_checkpoint(env, tmp_path: Path):
 
 
 def test_models_lists_every_detector_and_backbone_with_what_runs_on_it(env, tmp_path):
+    from fsx.models.backbones import BACKBONES
     from fsx.models.detectors import DETECTORS
 
     out = ok(fsx_cli(["models"], tmp_path, env)).stdout
     rows = {tuple(line.split()[:2]): line for line in out.splitlines()[1:]}
-    assert set(rows) == {(d, b) for d in DETECTORS for b in ("tiny", "resnet18")}, out
+    assert set(rows) == {(d, b) for d in DETECTORS for b in BACKBONES}, out
     assert re.search(r"fcos\s+tiny\s+1\.03 M\s+standard, reptile, joint, maml, fomaml, metasgd, anil$", rows[("fcos", "tiny")])
     assert rows[("fasterrcnn", "tiny")].endswith("maml, metasgd with detector.roi_align=grid")

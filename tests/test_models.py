@@ -338,3 +338,24 @@ def test_every_detector_and_backbone_trains_two_steps_and_predicts(family, backb
     assert num_classes(model) == 5
     with torch.no_grad():
         assert torch.cat([o["labels"] for o in model(images)]).max() <= 4
+
+
+@pytest.mark.parametrize("name", ["resnet34", "mobilenet_v3"])
+def test_imagenet_weights_of_other_backbones_load_from_a_local_file(name, tmp_path):
+    from torchvision.models import mobilenet_v3_large, resnet34
+
+    torch.manual_seed(1)
+    network = {"resnet34": resnet34, "mobilenet_v3": mobilenet_v3_large}[name]()
+    torch.save(network.state_dict(), tmp_path / "weights.pth")
+    backbone = build_backbone(name, weights=str(tmp_path / "weights.pth"))
+    mine = dict(backbone.body.named_parameters())
+    theirs = {k.removeprefix("features."): v for k, v in network.named_parameters() if not k.startswith(("fc.", "classifier."))}
+    assert set(mine) == set(theirs)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_trainable_layers_freeze_mobilenet_from_the_stem_up():
+    backbone = build_backbone("mobilenet_v3", trainable_layers=2)
+    frozen = {k.split(".")[0] for k, p in backbone.body.named_parameters() if not p.requires_grad}
+    assert frozen == {str(i) for i in range(7)}  # blocks of strides 2, 4 and 8
+    assert all(p.requires_grad for p in backbone.fpn.parameters())

@@ -5,11 +5,12 @@ with `out_channels` and the `strides` of its levels (the detector sizes anchors 
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models import mobilenet_v3_large, resnet18, resnet34, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -60,7 +61,13 @@ def tiny_backbone(out_channels: int = 64, widths: tuple[int, ...] = (16, 32, 64,
     return FPNBackbone(TinyBody(tuple(widths)), {"c3": "0", "c4": "1", "c5": "2"}, list(widths[2:]), [8, 16, 32], out_channels, extra_levels)
 
 
-_RESNETS = {"resnet18": (resnet18, [128, 256, 512]), "resnet34": (resnet34, [128, 256, 512]), "resnet50": (resnet50, [512, 1024, 2048])}
+_RESNETS = {
+    "resnet18": (resnet18, [128, 256, 512]),
+    "resnet34": (resnet34, [128, 256, 512]),
+    "resnet50": (resnet50, [512, 1024, 2048]),
+    "resnet101": (resnet101, [512, 1024, 2048]),
+}
+HEADS_OF_CLASSIFIERS = ("fc.", "classifier.")  # ImageNet heads in torchvision's state dicts: not loaded
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
@@ -76,9 +83,9 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UsageError(f"backbone.weights={path} holds a {type(state).__name__}, not a state dict (parameter names -> tensors)")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(HEADS_OF_CLASSIFIERS)}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(HEADS_OF_CLASSIFIERS)]
     if missing or unexpected:
         raise UsageError(
             f"backbone.weights={path} does not fit this backbone: {len(missing)} missing keys (e.g. {missing[:3]}), "
@@ -86,13 +93,15 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         )
 
 
-def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = None, norm: str = "bn", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
-    if name not in _RESNETS:
-        raise UsageError(f"backbone.name={name}: choose one of {', '.join(_RESNETS)}")
+def _check_norm_and_layers(norm: str, trainable_layers: int) -> None:
     if norm not in ("bn", "frozen_bn"):
         raise UsageError(f"backbone.norm={norm}: choose bn or frozen_bn")
     if not 0 <= trainable_layers <= 5:
         raise UsageError(f"backbone.trainable_layers={trainable_layers}: choose 0..5")
+
+
+def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = None, norm: str = "bn", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
+    _check_norm_and_layers(norm, trainable_layers)
     factory, in_channels = _RESNETS[name]
     body = factory(weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
     if weights:
@@ -105,8 +114,34 @@ def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = No
     return FPNBackbone(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, in_channels, [8, 16, 32], out_channels, extra_levels)
 
 
+# MobileNetV3-Large's feature blocks by output stride: 2 (stem, 0-1), 4 (2-3), 8 (4-6),
+# 16 (7-12), 32 (13-16); the FPN reads the last block of strides 8, 16 and 32.
+_MOBILENET_STAGES = [range(0, 2), range(2, 4), range(4, 7), range(7, 13), range(13, 17)]
+
+
+def mobilenet_v3_backbone(out_channels: int = 128, weights: str | None = None, norm: str = "bn", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
+    """MobileNetV3-Large with an FPN on strides 8/16/32 (the SSDlite-style light backbone)."""
+    _check_norm_and_layers(norm, trainable_layers)
+    batch_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)  # torchvision's settings for this net
+    net = mobilenet_v3_large(weights=None, norm_layer=partial(FrozenBatchNorm2d, eps=0.001) if norm == "frozen_bn" else batch_norm)
+    if weights:
+        load_weights(net, weights)
+    frozen_blocks = [b for stage in _MOBILENET_STAGES[: 5 - trainable_layers] for b in stage]
+    for b in frozen_blocks:
+        for p in net.features[b].parameters():
+            p.requires_grad_(False)
+    return FPNBackbone(net.features, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], [8, 16, 32], out_channels, extra_levels)
+
+
+BACKBONES = ("tiny", *_RESNETS, "mobilenet_v3")
+
+
 def build_backbone(name: str, **kwargs) -> FPNBackbone:
     if name == "tiny":
         allowed = {"out_channels", "widths", "extra_levels"}
         return tiny_backbone(**{k: v for k, v in kwargs.items() if k in allowed})
-    return resnet_backbone(name, **kwargs)
+    if name == "mobilenet_v3":
+        return mobilenet_v3_backbone(**kwargs)
+    if name in _RESNETS:
+        return resnet_backbone(name, **kwargs)
+    raise UsageError(f"backbone.name={name}: choose one of {', '.join(BACKBONES)}")
