@@ -42,6 +42,11 @@ def pretrain(cfg) -> dict:
     split = benchmark_split(dataset_cfg)
     train_set, val_set = hold_out(split.train, int(cfg.train.val_images), int(dataset_cfg["split_seed"]))
     names = list(split.fold.base)
+    if not names or not len(split.train):
+        raise UsageError(
+            f"{dataset_cfg['name']} fold {dataset_cfg['fold']} leaves nothing to pretrain on ({len(names)} base classes, "
+            f"{len(split.train)} training images): pretrain on another dataset and adapt its checkpoint to this one"
+        )
     class_ids = [split.train.category_id(n) for n in names]
     resume = read_checkpoint(Path(cfg.resume).expanduser()) if cfg.resume else None
     if resume is not None and "train_state" not in resume:

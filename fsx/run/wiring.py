@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fsx import tracking
 from fsx.data.coco import CocoSet
+from fsx.data.custom import custom_fold, load_custom
 from fsx.data.folds import Split, letters_fold, split_by_fold
 from fsx.data.letters import LettersSpec, letters_cache
 from fsx.engine.finetune import OPTIMIZERS, AdaptSettings
@@ -31,12 +32,15 @@ def plain(cfg) -> dict:
 def benchmark_split(dataset: dict) -> Split:
     """The fold's train / test-adapt / test-test split of the configured dataset."""
     name = dataset["name"]
-    if name != "letters":
-        raise UsageError(f"dataset={name} is not available yet; choose letters")
-    fold = letters_fold(int(dataset["fold"]))
-    spec = LettersSpec(**dataset["generator"])
-    root = letters_cache(spec, Path(dataset["cache_dir"]))
-    source = CocoSet.load(root / "annotations.json", root)
+    if name == "letters":
+        fold = letters_fold(int(dataset["fold"]))
+        root = letters_cache(LettersSpec(**dataset["generator"]), Path(dataset["cache_dir"]))
+        source = CocoSet.load(root / "annotations.json", root)
+    elif name == "custom":
+        source = load_custom(dataset["format"], dataset.get("path"), dataset.get("annotations"), dataset.get("images"), dataset.get("image_set"))
+        fold = custom_fold(source, dataset.get("novel"))
+    else:
+        raise UsageError(f"dataset={name} is not available yet; choose letters or custom")
     return split_by_fold(source, fold, int(dataset["split_seed"]))
 
 

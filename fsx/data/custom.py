@@ -1,0 +1,70 @@
+"""A user's own labelled data as a few-shot benchmark: a VOC-layout folder or a COCO JSON
+plus an image folder, with the novel classes named in the config (PROTOCOLS 2.5's rule then
+splits it as it splits every benchmark)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fsx.data.coco import CocoSet
+from fsx.data.folds import Fold
+from fsx.data.voc import read_voc
+from fsx.errors import UsageError
+
+FORMATS = ("voc", "coco")
+TOLERANCE = 1.0  # pixels a box may reach past the image border
+
+
+def load_custom(format: str, path: str | None = None, annotations: str | None = None, images: str | None = None, image_set: str | None = None) -> CocoSet:
+    if format == "voc":
+        if not path:
+            raise UsageError("dataset=custom dataset.format=voc needs dataset.path=<the folder with the VOC XML files>")
+        return read_voc(path, image_set=image_set)
+    if format == "coco":
+        if not annotations or not images:
+            raise UsageError("dataset=custom dataset.format=coco needs dataset.annotations=<file.json> and dataset.images=<image folder>")
+        if not Path(images).expanduser().is_dir():
+            raise UsageError(f"dataset.images={images}: no such folder")
+        return checked_coco(CocoSet.load(Path(annotations).expanduser(), Path(images).expanduser()), annotations)
+    raise UsageError(f"dataset.format={format}: choose one of {', '.join(FORMATS)}")
+
+
+def checked_coco(source: CocoSet, where: str) -> CocoSet:
+    """Refuse annotations of unknown images or categories and boxes outside their image;
+    drop zero-size boxes with a counted warning."""
+    categories = {c["id"] for c in source.categories}
+    kept, dropped = [], 0
+    for ann in source.coco["annotations"]:
+        if ann["image_id"] not in source._images:
+            raise UsageError(f"{where}: annotation {ann.get('id')} refers to image {ann['image_id']}, which is not in 'images'")
+        if ann["category_id"] not in categories:
+            raise UsageError(f"{where}: annotation {ann.get('id')} has category {ann['category_id']}, which is not in 'categories'")
+        x, y, w, h = ann["bbox"]
+        image = source.image(ann["image_id"])
+        if w <= 0 or h <= 0:
+            dropped += 1
+            continue
+        if "width" in image and (x < -TOLERANCE or y < -TOLERANCE or x + w > image["width"] + TOLERANCE or y + h > image["height"] + TOLERANCE):
+            raise UsageError(f"{where}: the box {ann['bbox']} of annotation {ann.get('id')} lies outside its {image['width']}x{image['height']} image {image['file_name']}")
+        kept.append(ann)
+    if dropped:
+        print(f"warning: {where}: dropped {dropped} zero-size boxes", file=sys.stderr, flush=True)
+        source = CocoSet({**source.coco, "annotations": kept}, source.image_root)
+    return source
+
+
+def custom_fold(source: CocoSet, novel) -> Fold:
+    """The one partition of a custom dataset: `novel` (a list of class names, or "all")
+    against the rest."""
+    names = [c["name"] for c in source.categories]
+    if novel == "all":
+        chosen = list(names)
+    else:
+        chosen = [str(n) for n in (novel or [])]
+        if not chosen:
+            raise UsageError(f"dataset.novel: name the novel classes, e.g. dataset.novel=[{names[-1]}] (this dataset has: {', '.join(names)}), or all")
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            raise UsageError(f"dataset.novel: {', '.join(unknown)} not in this dataset (it has: {', '.join(names)})")
+    return Fold("custom", 0, tuple(n for n in names if n not in chosen), tuple(n for n in names if n in chosen))
