@@ -126,8 +126,8 @@ def test_custom_coco_is_checked(tmp_path, capsys):
             load_custom("coco", annotations=str(tmp_path / "b.json"), images=str(tmp_path))
     with pytest.raises(UsageError, match="needs dataset.annotations"):
         load_custom("coco", images=str(tmp_path))
-    with pytest.raises(UsageError, match="dataset.format=yolo: choose one of voc, coco"):
-        load_custom("yolo")
+    with pytest.raises(UsageError, match="dataset.format=xml: choose one of voc, coco, yolo"):
+        load_custom("xml")
 
 
 def test_the_novel_classes_must_be_named_and_exist(tmp_path):
@@ -155,3 +155,42 @@ def test_a_users_folder_is_pretrained_on_and_evaluated_from_the_cli(tmp_path):
     assert "1-way 2-shot on test-test (Raspberry_Pi_3)" in ev.stdout
     missing = fsx("pretrain", "dataset=custom", f"dataset.path={tmp_path / 'nowhere'}", "dataset.novel=[a]")
     assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+def _yolo(root: Path, labels: dict[str, str], names="[cat, dog]") -> Path:
+    for split in ("train", "valid"):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+    for stem, text in labels.items():
+        split = "valid" if stem.startswith("v") else "train"
+        Image.new("RGB", (100, 50)).save(root / split / "images" / f"{stem}.jpg")
+        if text is not None:
+            (root / split / "labels" / f"{stem}.txt").write_text(text)
+    (root / "data.yaml").write_text(f"train: ../train/images\nval: ../valid/images\nnc: 2\nnames: {names}\n")
+    return root
+
+
+def test_a_yolo_export_reads_normalised_boxes_and_empty_label_files(tmp_path):
+    root = _yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.2 0.2\n", "b": "", "c": None, "v1": "1 0.5 0.5 1 1"})
+    source = load_custom("yolo", str(root))
+    assert len(source) == 4 and [c["name"] for c in source.categories] == ["cat", "dog"]
+    boxes = {(a["image_id"], a["category_id"]): [round(v, 6) for v in a["bbox"]] for a in source.coco["annotations"]}
+    assert boxes == {(1, 1): [40.0, 15.0, 20.0, 20.0], (1, 2): [0.0, 0.0, 20.0, 10.0], (4, 2): [0.0, 0.0, 100.0, 50.0]}
+    assert len(load_custom("yolo", str(root), image_set="valid")) == 1
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0 0.5 0.5\n", r"a.txt:1: expected 'class cx cy w h'"),
+    ("5 0.5 0.5 0.1 0.1\n", r"a.txt:1: class 5 is not among the 2 classes"),
+    ("0 0.5 0.5 0.1 0.1\n0 0.95 0.5 0.2 0.1\n", r"a.txt:2: the box .* lies outside the image"),
+])
+def test_bad_yolo_labels_name_the_file_and_line(tmp_path, text, message):
+    with pytest.raises(UsageError, match=message):
+        load_custom("yolo", str(_yolo(tmp_path, {"a": text})))
+
+
+def test_a_yolo_export_without_data_yaml_or_names_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="no data.yaml"):
+        load_custom("yolo", str(tmp_path))
+    with pytest.raises(UsageError, match="no 'names' list"):
+        load_custom("yolo", str(_yolo(tmp_path, {"a": ""}, names="")))

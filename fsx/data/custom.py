@@ -1,5 +1,5 @@
-"""A user's own labelled data as a few-shot benchmark: a VOC-layout folder or a COCO JSON
-plus an image folder, with the novel classes named in the config (PROTOCOLS 2.5's rule then
+"""A user's own labelled data as a few-shot benchmark: a VOC-layout folder, a YOLO export
+or a COCO JSON plus an image folder, with the novel classes named in the config (PROTOCOLS 2.5's rule then
 splits it as it splits every benchmark)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 from fsx.data.coco import CocoSet
 from fsx.data.folds import Fold
 from fsx.data.voc import read_voc
+from fsx.data.yolo import read_yolo
 from fsx.errors import UsageError
 
-FORMATS = ("voc", "coco")
+FORMATS = ("voc", "coco", "yolo")
 TOLERANCE = 1.0  # pixels a box may reach past the image border
 
 
@@ -21,6 +22,10 @@ def load_custom(format: str, path: str | None = None, annotations: str | None = 
         if not path:
             raise UsageError("dataset=custom dataset.format=voc needs dataset.path=<the folder with the VOC XML files>")
         return read_voc(path, image_set=image_set)
+    if format == "yolo":
+        if not path:
+            raise UsageError("dataset=custom dataset.format=yolo needs dataset.path=<the folder with data.yaml>")
+        return read_yolo(path, image_set=image_set)
     if format == "coco":
         if not annotations or not images:
             raise UsageError("dataset=custom dataset.format=coco needs dataset.annotations=<file.json> and dataset.images=<image folder>")
