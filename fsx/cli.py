@@ -94,7 +94,12 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
             from omegaconf import OmegaConf
 
             groups = set(compose(config_name=verb, return_hydra_config=True).hydra.runtime.choices)
+            known = set(_known_keys(verb))
             for job in jobs[:200]:
+                for appended in (o for o in job if o.startswith("+")):
+                    key = appended.lstrip("+").split("=", 1)[0].split("@", 1)[0]
+                    if key not in known:  # fsx would run with the key silently unread
+                        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {_unknown_key(key, verb, known)}")
                 cfg = compose(config_name=verb, overrides=list(job))
                 # resolve interpolations now: a bad ${...} is a usage error too
                 chosen = OmegaConf.to_container(cfg, resolve=True)
@@ -104,12 +109,60 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
                 wrong += [w for w in _type_errors(reference, chosen) if w not in wrong]
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(" ".join(str(part).split()) for part in (e, e.__cause__ or "") if str(part).strip())
-        if "Could not override" in message or "not in struct" in message:
-            message += " (run `fsx %s --cfg job` to see every key)" % verb
-        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {message}")
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            explained = _explain(message, verb)
+        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {explained}")
     if wrong:
         _fail(f"bad value for `fsx {verb} {' '.join(overrides)}`: {'; '.join(wrong)} (run `fsx {verb} --cfg job` to see every key)")
     return len(jobs)
+
+
+def _explain(message: str, verb: str) -> str:
+    """Hydra's message in fsx's words: for an unknown key the nearest keys fsx really reads
+    (never Hydra's advice to append it with `+`, which would train with the key ignored);
+    for an unknown group option the options; no search paths or OmegaConf internals."""
+    import difflib
+    import re
+
+    unknown = re.search(r"Could not (?:override|append to) '([^']+)'", message) or re.search(r"full_key: (\S+)", message)
+    if unknown and ("not in struct" in message or "Could not override" in message or "Could not append" in message):
+        return _unknown_key(unknown.group(1), verb, _known_keys(verb))
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'.*?Available options in '[^']+':(.*?)(?:Config search path|$)", message)
+    if missing:
+        group, option, options = missing.group(1), missing.group(2), missing.group(3).split()
+        near = difflib.get_close_matches(option, options, n=1, cutoff=0.5)
+        return f"{group}={option} does not exist; choose one of {', '.join(options)}" + (f" (did you mean {group}={near[0]}?)" if near else "")
+    message = re.sub(r"\s*Config search path:.*$", "", message)
+    return re.sub(r"\s*full_key: \S+( reference_type=\S+)? object_type=\S+", "", message)
+
+
+def _unknown_key(key: str, verb: str, known) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    return f"fsx has no key {key}: {hint}(`fsx {verb} --cfg job` lists every key)"
+
+
+def _known_keys(verb: str) -> list[str]:
+    """Every dotted key of the verb's default config, and its group names."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    cfg = compose(config_name=verb, return_hydra_config=True)
+    groups = [g for g in cfg.hydra.runtime.choices if not g.startswith("hydra")]
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+
+    def walk(node, prefix: str = "") -> list[str]:
+        keys = []
+        for key, value in node.items():
+            keys.append(prefix + str(key))
+            if isinstance(value, dict):
+                keys += walk(value, f"{prefix}{key}.")
+        return keys
+
+    return groups + walk(tree)
 
 
 _KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (list, "a list"), (dict, "a mapping"))
@@ -150,6 +203,9 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
 
     def task(cfg):
         try:
+            from fsx.tracking import check_store
+
+            check_store(str(cfg.mlflow.tracking_uri))  # before minutes of work, not after
             return runner(cfg)
         except UsageError as e:
             if not multirun:
@@ -164,6 +220,9 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
         return None
 
     task.__module__ = __name__
+    from fsx.engine.interrupt import install
+
+    install()
     main = hydra.main(config_path="conf", config_name=verb, version_base="1.3")(task)
     argv = sys.argv
     sys.argv = [f"fsx-{verb}"] + args + (["--multirun"] if multirun and "--multirun" not in args and "-m" not in args else [])
@@ -205,6 +264,9 @@ def _runner(verb: str) -> Callable:
     import, and `--help`, `--cfg job` and bad usage should answer at once."""
     import importlib
 
+    from fsx.engine.interrupt import install
+
+    install()  # in this job's process too (a joblib worker is not the main process)
     module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate")}[verb]
     runner = getattr(importlib.import_module(f"fsx.run.{module}"), function)
     from fsx.engine.device import flush_denormals
@@ -222,6 +284,9 @@ def _verb(name: str, summary: str) -> Callable:
             run_verb(name, list(ctx.args), multirun, lambda cfg: _runner(name)(cfg))
         except UsageError as e:
             _fail(str(e), e.exit_code)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the shell's code (130, 143), not click's "Aborted!"
+            typer.echo(f"fsx: stopped by {e or 'SIGINT'}; the run is recorded KILLED", err=True)
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
 
     command.__doc__ = summary + HYDRA_FLAGS
     return app.command(name=name, context_settings=PASS_THROUGH, options_metavar="[OPTIONS] [OVERRIDES]...")(command)
@@ -275,9 +340,42 @@ def models() -> None:
     typer.echo(model_table())
 
 
+runs_app = typer.Typer(help="Look after the runs of an MLflow store.", no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("clean")
+def runs_clean(
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
+    experiment: str = typer.Option(None, "--experiment", help="Only this experiment (default: all)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be marked, change nothing."),
+) -> None:
+    """Mark KILLED the runs left RUNNING by a process that no longer exists (SIGKILL, a crashed
+    node). Only runs started on this host can be checked; others are listed and left alone.
+    An interrupted pretrain run can still be resumed afterwards: fsx pretrain resume=runs:/<id>."""
+    from fsx import tracking
+
+    tracking.check_store(tracking_uri)
+    marked = 0
+    for run in tracking.unfinished_runs(tracking_uri, experiment):
+        if run["status"] != "RUNNING":
+            continue
+        alive = tracking.process_alive(run["tags"])
+        where = f"{run['id']} ({run['experiment']}: {run['name']})"
+        if alive is None:
+            typer.echo(f"left alone: {where}: started on host {run['tags'].get('fsx.host', 'unknown')}, cannot tell whether it lives")
+        elif not alive:
+            if not dry_run:
+                tracking.mark_killed(tracking_uri, run["id"])
+            marked += 1
+            typer.echo(f"{'would mark' if dry_run else 'marked'} KILLED: {where}: process {run['tags']['fsx.pid']} is gone")
+    typer.echo(f"{marked} run(s) {'to mark' if dry_run else 'marked'} KILLED")
+
+
 def main() -> None:
     try:
         app()
     except UsageError as e:
         typer.echo(f"fsx: error: {e}", err=True)
         sys.exit(2)
+

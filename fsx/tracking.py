@@ -39,6 +39,7 @@ def _client(tracking_uri: str):
 
     if tracking_uri in _OPENED:
         return MlflowClient(tracking_uri=tracking_uri)
+    check_store(tracking_uri)
     with _store_lock(tracking_uri):  # opening a new database creates and migrates it
         try:
             client = MlflowClient(tracking_uri=tracking_uri)
@@ -47,6 +48,55 @@ def _client(tracking_uri: str):
             raise UsageError(f"mlflow.tracking_uri={tracking_uri} cannot be opened: {e}") from None
     _OPENED.add(tracking_uri)
     return client
+
+
+SERVER_HINT = "start one with `mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, or use the default local store (mlflow.tracking_uri=sqlite:///mlflow.db)"
+
+
+def check_store(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the reason, on a store MLflow would retry for minutes: a server that
+    does not answer, a SQLite file that cannot be created or written, a file that is not a
+    database. Touches nothing: a bad file is left as it is."""
+    import socket
+    import sqlite3
+    from urllib.parse import urlparse
+
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout).close()
+        except OSError as e:
+            raise UsageError(f"mlflow.tracking_uri={tracking_uri}: no MLflow server answers there ({e.strerror or e}); {SERVER_HINT}") from None
+        return
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
+    if str(database) in ("", ":memory:"):
+        return
+    if database.is_dir():
+        raise UsageError(f"mlflow.tracking_uri={tracking_uri}: {database} is a folder, not a database file")
+    if database.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=timeout)) as db:
+                db.execute("select count(*) from sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise UsageError(
+                f"mlflow.tracking_uri={tracking_uri}: {database} is not an MLflow database ({e}); it was left untouched: "
+                "move it away or point mlflow.tracking_uri at another file"
+            ) from None
+        if not os.access(database, os.W_OK):
+            raise UsageError(f"mlflow.tracking_uri={tracking_uri}: {database} is not writable by this user")
+        return
+    folder = database.parent if str(database.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"mlflow.tracking_uri={tracking_uri}: the folder {folder} does not exist")
+    try:  # os.access says yes to root everywhere, /proc included: really create the file
+        fd, probe = tempfile.mkstemp(prefix=".fsx-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"mlflow.tracking_uri={tracking_uri}: cannot create the database {database} ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager
@@ -125,18 +175,48 @@ class Run:
         self._client.log_artifact(self.id, str(local_path), artifact_path)
 
 
+def _process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so a RUNNING run whose process died can be told apart."""
+    import socket
+
+    return {"fsx.host": socket.gethostname(), "fsx.pid": str(os.getpid())}
+
+
+def process_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process that opened a run still lives (None: another host, or not recorded)."""
+    import socket
+
+    if tags.get("fsx.host") != socket.gethostname() or not tags.get("fsx.pid", "").isdigit():
+        return None
+    try:
+        os.kill(int(tags["fsx.pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
-def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[Run]:
-    """A new run, ended FINISHED on success, FAILED on error, KILLED on Ctrl-C."""
+def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None, resume_run_id: str | None = None) -> Iterator[Run]:
+    """A new run (or the interrupted run `resume_run_id`, running again), ended FINISHED on
+    success, FAILED on error, KILLED on Ctrl-C or SIGTERM."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
     experiment_id = _experiment_id(tracking_uri, experiment)
     client = _client(tracking_uri)
-    all_tags = {MLFLOW_RUN_NAME: run_name, **{k: str(v) for k, v in tags.items()}}
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    created = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-    run = Run(tracking_uri, created.info.run_id)
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        with contextlib.suppress(Exception):  # the error that stopped it is history now
+            client.delete_tag(resume_run_id, "fsx.error")
+        run = Run(tracking_uri, resume_run_id)
+        run.set_tags({**{k: str(v) for k, v in tags.items()}, **_process_tags()})
+    else:
+        all_tags = {MLFLOW_RUN_NAME: run_name, **{k: str(v) for k, v in tags.items()}, **_process_tags()}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        created = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+        run = Run(tracking_uri, created.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -151,7 +231,7 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, 
 
 def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     experiment_id = _experiment_id(tracking_uri, experiment)
-    run = _client(tracking_uri).create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=run_name)
+    run = _client(tracking_uri).create_run(experiment_id, tags={**{k: str(v) for k, v in tags.items()}, **_process_tags()}, run_name=run_name)
     return run.info.run_id
 
 
@@ -264,3 +344,31 @@ def run_record(tracking_uri: str, run_id: str) -> dict:
     """{params, metrics (latest values), tags} of one run."""
     run = _client(tracking_uri).get_run(run_id)
     return {"params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+
+def run_state(tracking_uri: str, run_id: str) -> tuple[str, dict[str, str]]:
+    """(status, tags) of one run; a clear error for an unknown id."""
+    try:
+        run = _client(tracking_uri).get_run(run_id)
+    except Exception:  # noqa: BLE001 - MlflowException for unknown ids
+        raise UsageError(f"no run '{run_id}' in the MLflow store at {tracking_uri}") from None
+    return run.info.status, dict(run.data.tags)
+
+
+def unfinished_runs(tracking_uri: str, experiment: str | None = None, command: str | None = None) -> list[dict]:
+    """[{id, name, status, experiment, tags}] of the runs not FINISHED, newest first: in one
+    experiment or all, of one command or any."""
+    client = _client(tracking_uri)
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found else []
+    wanted = "attributes.status != 'FINISHED'" + (f" and tags.`fsx.command` = '{command}'" if command else "")
+    runs = client.search_runs(ids, filter_string=wanted, order_by=["attributes.start_time DESC"], max_results=10000) if ids else []
+    names = {e: client.get_experiment(e).name for e in {r.info.experiment_id for r in runs}}
+    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "experiment": names[r.info.experiment_id], "tags": dict(r.data.tags)} for r in runs]
+
+
+def mark_killed(tracking_uri: str, run_id: str) -> None:
+    _client(tracking_uri).set_terminated(run_id, "KILLED")

@@ -609,7 +609,7 @@ BAD_INPUTS = {
     "unknown-fold": (["pretrain", *SMALL, "dataset.fold=99"], ["dataset.fold=99"], False),
     "missing-checkpoint-file": (["eval", "checkpoint=/nonexistent.pt"], ["/nonexistent.pt"], False),
     "unknown-run-id": (["eval", "checkpoint=runs:/0123456789abcdef"], ["0123456789abcdef"], False),
-    "corrupt-checkpoint": (["eval", "checkpoint={garbage}"], ["{garbage}", "corrupt"], False),
+    "corrupt-checkpoint": (["eval", "checkpoint={garbage}"], ["{garbage}", "not a valid fsx checkpoint"], False),
     "eval-without-checkpoint": (["eval"], ["checkpoint="], False),
     "adapt-without-checkpoint": (["adapt"], ["checkpoint="], False),
     "too-many-shots": (["adapt", "checkpoint={checkpoint}", "shots=500"], ["shots=500"], False),

@@ -168,14 +168,14 @@ def test_read_checkpoint_truncated_file(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "m.pt", tiny_model, tiny_spec(), ["a", "b", "c"], {})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UsageError, match="is corrupt or not a PyTorch file"):
+    with pytest.raises(UsageError, match="is not a valid fsx checkpoint: it is not a PyTorch file, or it is truncated or damaged"):
         read_checkpoint(path)
 
 
 def test_read_checkpoint_garbage_file(tmp_path):
     path = tmp_path / "g.pt"
     path.write_bytes(b"\x00\x01 this is not a checkpoint\n" * 10)
-    with pytest.raises(UsageError, match="is corrupt or not a PyTorch file"):
+    with pytest.raises(UsageError, match="is not a valid fsx checkpoint: it is not a PyTorch file, or it is truncated or damaged"):
         read_checkpoint(path)
 
 

@@ -33,7 +33,7 @@ class Standard(Algorithm):
         if self._pending_state:
             self._optimizer.load_state_dict(self._pending_state["optimizer"])
             self._scheduler.load_state_dict(self._pending_state["scheduler"])
-        batches = infinite_batches(data.dataset, self.batch_size, seed + start_step)
+        batches = infinite_batches(data.dataset, self.batch_size, seed, skip=start_step)
         step = optimizer_step(model, self._optimizer, device, amp, self.clip_norm)
         return train(model, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc="pretrain standard", on_step=on_step)
 

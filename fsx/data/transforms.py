@@ -10,8 +10,9 @@ import torch
 
 
 class Compose:
-    def __init__(self, transforms):
+    def __init__(self, transforms, generator: torch.Generator | None = None):
         self.transforms = list(transforms)
+        self.generator = generator  # the random state all the parts draw from (saved for a resume)
 
     def __call__(self, image, target):
         for t in self.transforms:
@@ -83,4 +84,4 @@ def build_transform(hflip: float = 0.0, brightness: float = 0.0, contrast: float
         parts.append(RandomHorizontalFlip(hflip, generator))
     if brightness > 0 or contrast > 0:
         parts.append(PhotometricJitter(brightness, contrast, generator))
-    return Compose(parts) if parts else None
+    return Compose(parts, generator) if parts else None

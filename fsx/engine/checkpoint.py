@@ -55,13 +55,27 @@ def read_checkpoint(path: Path | str) -> dict:
         # weights_only: a checkpoint from a shared store must not be able to run code here
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise many kinds of errors
-        raise UsageError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(e).__name__}: {e})") from None
+        raise UsageError(f"checkpoint {path} is not a valid fsx checkpoint: {_why_unloadable(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UsageError(f"checkpoint {path} is not an fsx checkpoint (expected format '{FORMAT}')")
     missing = [k for k in ("model_spec", "state_dict", "classes") if k not in payload]
     if missing:
         raise UsageError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}")
     return payload
+
+
+def _why_unloadable(error: Exception) -> str:
+    """One clause for a file torch.load refused. torch's own message advises loading with
+    weights_only=False, which runs any code a malicious file holds: never repeat it."""
+    import re
+
+    text = str(error)
+    foreign = re.search(r"unsupported GLOBAL (\S+)", text)
+    if foreign:
+        return f"it holds Python objects ({foreign.group(1)}) that fsx does not load; fsx checkpoints hold only tensors and plain values"
+    if "Weights only load failed" in text or isinstance(error, EOFError) or "zip" in text.lower() or "magic" in text.lower():
+        return "it is not a PyTorch file, or it is truncated or damaged"
+    return f"it cannot be read ({type(error).__name__})"
 
 
 def load_model(payload: dict) -> nn.Module:

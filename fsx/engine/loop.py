@@ -10,19 +10,25 @@ from torch import nn
 
 from fsx.data.coco import collate
 from fsx.engine.device import autocast
+from fsx.engine.interrupt import at_step_boundaries, check
 from fsx.progress import progress
 
 
-def infinite_batches(dataset, batch_size: int, seed: int) -> Iterator[tuple[list, list]]:
+def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0) -> Iterator[tuple[list, list]]:
     """Shuffled batches forever, a new permutation each epoch, reproducible from `seed`.
 
     A batch never repeats an image: with fewer images than `batch_size` it holds them all.
+    `skip` batches are passed over without loading them, so a resumed run at step `skip`
+    sees exactly the batches the uninterrupted run saw.
     """
     generator = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, len(dataset))
     while True:
         order = torch.randperm(len(dataset), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
+            if skip > 0:
+                skip -= 1
+                continue
             yield collate([dataset[i] for i in order[start : start + batch_size]])
 
 
@@ -94,17 +100,19 @@ def train(
     train_mode(model) if train_mode is not None else model.train()
     bar = progress(total=steps - start_step, desc=desc, enabled=show_progress)
     step = start_step
-    try:
-        for step in range(start_step + 1, steps + 1):
-            losses = step_fn(next(batches))
-            if stop_on_nonfinite and not math.isfinite(losses["loss"]):
-                raise FloatingPointError(f"{desc}: loss became {losses['loss']} at step {step}; lower the learning rate")
-            if scheduler is not None:
-                scheduler.step()
-            bar.update()
-            bar.set_postfix_str(f"loss {losses['loss']:.3f}")
-            if on_step is not None and on_step(step, losses):
-                break
-    finally:
-        bar.close()
+    with at_step_boundaries():  # Ctrl-C / SIGTERM stop between steps, never inside one
+        try:
+            for step in range(start_step + 1, steps + 1):
+                losses = step_fn(next(batches))
+                if stop_on_nonfinite and not math.isfinite(losses["loss"]):
+                    raise FloatingPointError(f"{desc}: loss became {losses['loss']} at step {step}; lower the learning rate")
+                if scheduler is not None:
+                    scheduler.step()
+                bar.update()
+                bar.set_postfix_str(f"loss {losses['loss']:.3f}")
+                if on_step is not None and on_step(step, losses):
+                    break
+                check()  # a signal that arrived during this step stops here: step `step` is complete
+        finally:
+            bar.close()
     return step

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from fsx import tracking
 from fsx.algorithms import PretrainData, build_algorithm
 from fsx.data.coco import DetectionDataset
 from fsx.data.folds import hold_out
@@ -17,7 +21,7 @@ from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
 from fsx.models.heads import frozen_norm_layers
-from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run
+from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run, resumed_config
 
 
 def budget(cfg, algorithm) -> int:
@@ -28,7 +32,46 @@ def budget(cfg, algorithm) -> int:
     return max(1, round(int(cfg.train.passes) / algorithm.passes_per_step()))
 
 
+def resume_point(cfg) -> tuple[dict, Path, str | None]:
+    """(the last.pt payload, its path, the interrupted MLflow run to continue or None) for
+    resume=<.../last.pt> | runs:/<id> | true (the newest interrupted pretrain run here)."""
+    reference, uri, experiment = str(cfg.resume), str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment)
+    run_id = None
+    if reference.lower() in ("true", "latest"):
+        found = [r for r in tracking.unfinished_runs(uri, experiment, "pretrain") if Path(r["tags"].get("fsx.last_checkpoint", "")).is_file()]
+        if not found:
+            raise UsageError(f"resume={reference}: no interrupted pretrain run with a last.pt in experiment '{experiment}' at {uri}")
+        reference = f"runs:/{found[0]['id']}"
+    if reference.startswith("runs:/"):
+        run_id = reference[len("runs:/") :].strip("/").split("/")[0]
+        status, tags = tracking.run_state(uri, run_id)
+        if status == "FINISHED":
+            raise UsageError(f"resume={cfg.resume}: run {run_id} finished; its checkpoint is runs:/{run_id}/checkpoints/model.pt")
+        path = Path(tags.get("fsx.last_checkpoint", ""))
+        if not path.is_file():
+            raise UsageError(f"resume={cfg.resume}: run {run_id} left no last.pt (it stopped before its first one was written, or {path} was moved)")
+    else:
+        path = Path(reference).expanduser()
+    payload = read_checkpoint(path)
+    if "train_state" not in payload:
+        raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
+    run_id = run_id or payload["train_state"].get("run_id")
+    if run_id:
+        try:
+            status, tags = tracking.run_state(uri, run_id)
+        except UsageError:  # a last.pt from another store: go on in a new run
+            return payload, path, None
+        if status == "FINISHED":
+            return payload, path, None
+        if tracking.process_alive(tags) and tags.get("fsx.pid") != str(os.getpid()):
+            raise UsageError(f"resume={cfg.resume}: run {run_id} is still running (process {tags['fsx.pid']}); stop it first")
+    return payload, path, run_id
+
+
 def pretrain(cfg) -> dict:
+    resume, last_path, resume_run = resume_point(cfg) if cfg.resume else (None, None, None)
+    if resume is not None:
+        cfg = resumed_config(cfg, resume.get("config"))
     for key in ("steps", "log_every"):
         if cfg.train[key] < 1:
             raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
@@ -48,9 +91,6 @@ def pretrain(cfg) -> dict:
             f"{len(split.train)} training images): pretrain on another dataset and adapt its checkpoint to this one"
         )
     class_ids = [split.train.category_id(n) for n in names]
-    resume = read_checkpoint(Path(cfg.resume).expanduser()) if cfg.resume else None
-    if resume is not None and "train_state" not in resume:
-        raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
     if resume is not None and list(resume["classes"]) != names:
         raise UsageError(
             f"resume={cfg.resume} was trained on classes {' '.join(resume['classes'])}, but this run's "
@@ -72,7 +112,7 @@ def pretrain(cfg) -> dict:
         start_step = int(resume["train_state"]["step"])
         algorithm.load_state_dict(resume["train_state"]["algorithm"])
     config = plain(cfg)
-    last_path = output_dir() / "checkpoints" / "last.pt"
+    last_path = last_path or output_dir() / "checkpoints" / "last.pt"
     frozen = frozen_norm_layers(model)
     if frozen and algorithm.task_sized_head:
         print(
@@ -81,24 +121,38 @@ def pretrain(cfg) -> dict:
             flush=True,
         )
 
-    extra_tags = {"fsx.resumed_from": str(cfg.resume)} if resume else {}
-    with recorded_run(cfg, "pretrain", dataset_cfg, run_name=f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}", extra_tags=extra_tags) as run:
-        run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
-        run.log_params(
-            {
-                "model": {"parameters": sum(p.numel() for p in model.parameters()), "head_classes": spec["num_classes"], "frozen_norm_layers": frozen},
-                "train_images": len(train_set),
-                "device_used": str(device),
-                "algorithm": algorithm.describe(),
-                "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step()},
-            }
-        )
+    extra_tags = {"fsx.last_checkpoint": str(last_path.resolve())}
+    if resume:
+        extra_tags.update({"fsx.resumed_from": str(cfg.resume), "fsx.resumed_at_step": str(start_step)})
+    name = f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}"
+    with recorded_run(cfg, "pretrain", dataset_cfg, run_name=name, extra_tags=extra_tags, resume_run_id=resume_run) as run:
+        if not resume_run:
+            run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
+            run.log_params(
+                {
+                    "model": {"parameters": sum(p.numel() for p in model.parameters()), "head_classes": spec["num_classes"], "frozen_norm_layers": frozen},
+                    "train_images": len(train_set),
+                    "device_used": str(device),
+                    "algorithm": algorithm.describe(),
+                    "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step()},
+                }
+            )
         window: list[float] = []
         done = [start_step]
         started = time.monotonic()
+        augment = getattr(transform, "generator", None)
 
         def save_last(step: int) -> None:
-            save_checkpoint(last_path, model, spec, names, config, train_state={"step": step, "algorithm": algorithm.state_dict()}, kind="pretrain")
+            # the random states travel with the weights: a resumed run draws what this one would have
+            rng = {"torch": torch.get_rng_state(), "augment": augment.get_state() if augment is not None else None}
+            state = {"step": step, "algorithm": algorithm.state_dict(), "rng": rng, "run_id": run.id}
+            save_checkpoint(last_path, model, spec, names, config, train_state=state, kind="pretrain")
+
+        if resume and resume["train_state"].get("rng"):
+            rng = resume["train_state"]["rng"]
+            torch.set_rng_state(rng["torch"])
+            if augment is not None and rng.get("augment") is not None:
+                augment.set_state(rng["augment"])
 
         def on_step(step: int, losses: dict[str, float]) -> None:
             done[0] = step
@@ -113,7 +167,7 @@ def pretrain(cfg) -> dict:
         except KeyboardInterrupt:
             if done[0] > start_step:
                 save_last(done[0])
-                print(f"\ninterrupted after step {done[0]}; continue with: fsx pretrain resume={last_path}", flush=True)
+                print(f"\ninterrupted after step {done[0]}; continue with: fsx pretrain resume=runs:/{run.id} (or resume={last_path})", flush=True)
             raise
         seconds = time.monotonic() - started
         tail = window[-50:]

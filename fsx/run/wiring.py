@@ -153,18 +153,38 @@ def run_tags(command: str, dataset: dict, config: dict) -> dict[str, str]:
     }
 
 
+def resumed_config(cfg, stored: dict | None) -> DictConfig:
+    """The config a resumed run goes on with: the interrupted run's own, with what this
+    command line sets explicitly on top (a group switch there replaces the stored group), so
+    `fsx pretrain resume=true` needs no other argument."""
+    if not stored:
+        return cfg
+    overrides = [o for o in _command_line_overrides() if o.lstrip("+~").split("=", 1)[0] != "resume"]
+    switched = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "." not in o.split("=", 1)[0]}
+    merged = OmegaConf.create(plain(cfg))
+    keep = {k: v for k, v in stored.items() if k not in switched and k not in ("resume", "device", "mlflow") and k in merged}
+    merged = OmegaConf.merge(merged, keep)
+    dotted = [o.lstrip("+") for o in overrides if "." in o.split("=", 1)[0]]
+    return OmegaConf.merge(merged, OmegaConf.from_dotlist(dotted)) if dotted else merged
+
+
 @contextlib.contextmanager
-def recorded_run(cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None, checkpoint_config: dict | None = None) -> Iterator[tracking.Run]:
+def recorded_run(
+    cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None, checkpoint_config: dict | None = None, resume_run_id: str | None = None
+) -> Iterator[tracking.Run]:
     """An MLflow run with the contract's tags, config.yaml and params; prints its id.
+    `resume_run_id` continues an interrupted run instead (its config and params are there).
 
     A failure inside is recorded as the tag `fsx.error` before the run is marked FAILED.
     """
     config = run_config(cfg, dataset, checkpoint_config)
     tags = {**run_tags(command, dataset, config), **(extra_tags or {})}
-    with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id()) as run:
-        print(f"fsx {command}: MLflow run {run.id} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
-        run.log_text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
-        run.log_params({k: v for k, v in config.items() if k not in ("mlflow",)})
+    with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id(), resume_run_id=resume_run_id) as run:
+        again = " (resumed)" if resume_run_id else ""
+        print(f"fsx {command}: MLflow run {run.id}{again} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
+        if not resume_run_id:
+            run.log_text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+            run.log_params({k: v for k, v in config.items() if k not in ("mlflow",)})
         try:
             yield run
         except BaseException as e:
