@@ -29,8 +29,9 @@ app = typer.Typer(
         "  fsx adapt checkpoint=runs:/<id> shots=5     # 5-way 5-shot on the novel letters\n"
         "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
-        "`fsx VERB --cfg job` prints every key. Exit codes: 0 ok, 2 bad usage or input, 1 other "
-        "failures. Set FSX_DEBUG=1 for full tracebacks."
+        "`fsx VERB --cfg job` prints every key. Exit codes: 0 ok, 2 bad usage or input, 130/143 "
+        "stopped by Ctrl-C/SIGTERM (resumable), 1 other failures. `fsx runs clean` marks runs of "
+        "killed processes KILLED. Set FSX_DEBUG=1 for full tracebacks."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -89,6 +90,7 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
     except Exception:  # noqa: BLE001 - sweeper-specific syntax (ranges, intervals): Hydra validates it
         return 0
     wrong: list[str] = []
+    checks: list = []
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             from omegaconf import OmegaConf
@@ -107,6 +109,8 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
                 selections = [o for o in job if o.split("=", 1)[0].split("@", 1)[0].lstrip("+~") in groups]
                 reference = OmegaConf.to_container(compose(config_name=verb, overrides=selections), resolve=True)
                 wrong += [w for w in _type_errors(reference, chosen) if w not in wrong]
+                if not wrong:
+                    checks.append(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(" ".join(str(part).split()) for part in (e, e.__cause__ or "") if str(part).strip())
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -114,6 +118,10 @@ def validate(verb: str, overrides: list[str], multirun: bool) -> int:
         _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {explained}")
     if wrong:
         _fail(f"bad value for `fsx {verb} {' '.join(overrides)}`: {'; '.join(wrong)} (run `fsx {verb} --cfg job` to see every key)")
+    from fsx.run.checks import precheck
+
+    for cfg in checks:  # ranges and checkpoint references, before Hydra creates anything or torch is imported
+        precheck(verb, cfg)
     return len(jobs)
 
 
@@ -308,8 +316,10 @@ _verb(
     "detector=   fcos (default) | retinanet | fasterrcnn\n"
     "backbone=   tiny (default) | resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3 (fsx models lists them)\n"
     "train.steps counts meta-iterations for meta-learners; train.passes=N instead gives every\n"
-    "algorithm the same N forward-backward passes. resume=<.../checkpoints/last.pt> continues an\n"
-    "interrupted run. Other keys: dataset.fold, seed, device, algorithm.<hyperparameter>.",
+    "algorithm the same N forward-backward passes. Ctrl-C or SIGTERM saves checkpoints/last.pt;\n"
+    "resume=true (the newest interrupted run here), resume=runs:/<id> or resume=<last.pt> continues\n"
+    "it in the same MLflow run to the same weights. Other keys: dataset.fold, seed, device,\n"
+    "algorithm.<hyperparameter>.",
 )
 _verb(
     "adapt",

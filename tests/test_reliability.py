@@ -235,3 +235,45 @@ def test_after_sigkill_runs_clean_marks_the_run_killed_and_it_resumes_by_id(tmp_
 
     again = one_message(fsx(["pretrain", f"resume=runs:/{run.info.run_id}"], cwd))
     assert "finished" in again and f"runs:/{run.info.run_id}/checkpoints/model.pt" in again
+
+
+# --------------------------------------------------------------------------- before any work
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["eval", "checkpoint=latest"], "no MLflow store at sqlite:///mlflow.db"),
+        (["adapt", "checkpoint=runs:/0123abcd"], "no MLflow store"),
+        (["eval", "checkpoint=missing.pt"], "checkpoint=missing.pt: no such file"),
+        (["eval", "checkpoint=missing.pt", "eval.milestones=[-1]"], "eval.milestones"),
+        (["adapt", "checkpoint=missing.pt", "ways=0"], "ways=0"),
+        (["pretrain", "-m", "train.log_every=1,0"], "train.log_every=0"),
+    ],
+)
+def test_values_and_references_are_checked_before_anything_is_created(args, culprit, tmp_path):
+    cwd = tmp_path / "empty"
+    assert culprit in one_message(fsx(args, cwd))
+    assert list(cwd.iterdir()) == []  # no mlflow.db, no outputs/ or multirun/ folder
+
+
+def test_a_full_disk_while_writing_a_checkpoint_leaves_no_file_under_the_real_name(tmp_path, monkeypatch):
+    import errno
+
+    from fsx.engine import checkpoint as module
+    from fsx.models.detectors import build_detector
+
+    spec = {"detector": {"name": "fcos"}, "backbone": {"name": "tiny", "out_channels": 32}, "num_classes": 3, "image_size": 64, "image_mean": [0.5] * 3, "image_std": [0.25] * 3}
+    model = build_detector(spec)
+    good = module.save_checkpoint(tmp_path / "last.pt", model, spec, ["a", "b", "c"], {})
+    before = good.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        module.save_checkpoint(tmp_path / "last.pt", model, spec, ["a", "b", "c"], {})
+    assert good.read_bytes() == before  # the previous last.pt is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

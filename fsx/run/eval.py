@@ -18,33 +18,22 @@ import time
 from fsx.data.coco import DetectionDataset
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
-from fsx.errors import UsageError
 from fsx.evaluation.aggregate import summarize
 from fsx.evaluation.coco_metrics import SUMMARY_STATS
 from fsx.progress import progress
+from fsx.run.checks import check_eval
+from fsx.run.checks import milestones as checked_milestones
 from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score
 from fsx.run.wiring import adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
 
 
-def _milestones(cfg) -> list[int]:
-    try:
-        milestones = sorted({int(m) for m in cfg.eval.milestones})
-    except (TypeError, ValueError):
-        raise UsageError(f"eval.milestones={cfg.eval.milestones}: give a list of step counts, e.g. eval.milestones=[0,10,100]") from None
-    if not milestones or milestones[0] < 0:
-        raise UsageError(f"eval.milestones={list(cfg.eval.milestones)}: give non-negative step counts, e.g. [0,10,100]")
-    return milestones
-
-
 def evaluate(cfg) -> dict:
     device = resolve_device(cfg.device)
-    for key in ("repeats", "batch_size"):
-        if cfg.eval[key] < 1:
-            raise UsageError(f"eval.{key}={cfg.eval[key]} must be at least 1")
+    check_eval(cfg)
     source = load_source(cfg)
-    milestones = _milestones(cfg)
+    milestones = checked_milestones(cfg)
     settings = adapt_settings(cfg, source.payload)
     settings.steps = milestones[-1]  # adapt as far as the last milestone
     first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))

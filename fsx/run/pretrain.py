@@ -21,6 +21,7 @@ from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
 from fsx.models.heads import frozen_norm_layers
+from fsx.run.checks import check_pretrain
 from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run, resumed_config
 
 
@@ -72,14 +73,7 @@ def pretrain(cfg) -> dict:
     resume, last_path, resume_run = resume_point(cfg) if cfg.resume else (None, None, None)
     if resume is not None:
         cfg = resumed_config(cfg, resume.get("config"))
-    for key in ("steps", "log_every"):
-        if cfg.train[key] < 1:
-            raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
-    if cfg.train.passes is not None and cfg.train.passes < 1:
-        raise UsageError(f"train.passes={cfg.train.passes} must be at least 1 (or null: use train.steps)")
-    for key in ("checkpoint_every", "val_images"):
-        if cfg.train[key] < 0:
-            raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
+    check_pretrain(cfg)
     device = resolve_device(cfg.device)
     dataset_cfg = plain(cfg.dataset)
     split = benchmark_split(dataset_cfg)

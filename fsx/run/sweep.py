@@ -14,9 +14,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fsx import tracking
-from fsx.run.wiring import PARENT_RUN_ENV, PARENT_RUN_FILE
 
 FAILURES_FILE = "fsx_failed_jobs.txt"
+PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"  # how a job finds its parent run in the same process
+PARENT_RUN_FILE = "fsx_parent_run_id"  # ... and in the sweep directory (any launcher)
 LAST_SWEEP: dict[str, str] = {}  # the sweep this process started: parent id, store, directory
 
 

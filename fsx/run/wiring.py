@@ -19,10 +19,10 @@ from fsx.engine.finetune import OPTIMIZERS, AdaptSettings
 from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
+from fsx.run.checks import check_adapt
+from fsx.run.sweep import PARENT_RUN_ENV, PARENT_RUN_FILE
 
 HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
-PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"
-PARENT_RUN_FILE = "fsx_parent_run_id"
 
 
 def plain(cfg) -> dict:
@@ -51,9 +51,8 @@ def new_model_spec(cfg, num_classes: int) -> dict:
 def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
     """Adaptation settings from cfg.adapt; a Meta-SGD checkpoint's learned step sizes replace
     the optimiser unless adapt.learned_lr=false."""
+    check_adapt(cfg)
     a = cfg.adapt
-    if a.steps < 0:
-        raise UsageError(f"adapt.steps={a.steps} must be >= 0")
     if a.params not in TRAINABLE:
         raise UsageError(f"adapt.params={a.params}: choose one of {', '.join(TRAINABLE)}")
     if a.optimizer not in OPTIMIZERS:
@@ -61,12 +60,6 @@ def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
     if a.head not in HEAD_POLICIES:
         raise UsageError(f"adapt.head={a.head}: choose one of {', '.join(HEAD_POLICIES)}")
     rates = (checkpoint or {}).get("inner_lr") if a.learned_lr else None
-    for key, value in (("batch_size", a.batch_size), ("window", a.window)):
-        if value < 1:
-            raise UsageError(f"adapt.{key}={value} must be at least 1")
-    for key, value in (("lr", a.lr), ("factor", a.factor)):
-        if not value > 0:
-            raise UsageError(f"adapt.{key}={value} must be positive")
     return AdaptSettings(
         steps=int(a.steps), lr=float(a.lr), batch_size=int(a.batch_size), weight_decay=float(a.weight_decay),
         beta1=float(a.beta1), params=str(a.params), clip_norm=a.clip_norm, early_stopping=bool(a.early_stopping),

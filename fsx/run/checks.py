@@ -1,0 +1,82 @@
+"""The checks a command's config can pass or fail before anything heavy is imported: value
+ranges and checkpoint references. The CLI runs them first, so a typo answers in about a
+second; the verbs run them again, so the Python API gets the same messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsx.errors import UsageError
+
+
+def check_pretrain(cfg) -> None:
+    for key in ("steps", "log_every"):
+        if cfg.train[key] < 1:
+            raise UsageError(f"train.{key}={cfg.train[key]} must be at least 1")
+    if cfg.train.passes is not None and cfg.train.passes < 1:
+        raise UsageError(f"train.passes={cfg.train.passes} must be at least 1 (or null: use train.steps)")
+    for key in ("checkpoint_every", "val_images"):
+        if cfg.train[key] < 0:
+            raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
+
+
+def check_adapt(cfg) -> None:
+    """ways, shots and the adapt.* ranges (the choices among names are checked where they live)."""
+    if cfg.ways < 1:
+        raise UsageError(f"ways={cfg.ways}: a task needs at least one class")
+    if cfg.shots < 1:
+        raise UsageError(f"shots={cfg.shots}: a task needs at least one image per class")
+    a = cfg.adapt
+    if a.steps < 0:
+        raise UsageError(f"adapt.steps={a.steps} must be >= 0")
+    for key in ("batch_size", "window"):
+        if a[key] < 1:
+            raise UsageError(f"adapt.{key}={a[key]} must be at least 1")
+    for key in ("lr", "factor"):
+        if not a[key] > 0:
+            raise UsageError(f"adapt.{key}={a[key]} must be positive")
+
+
+def milestones(cfg) -> list[int]:
+    """eval.milestones as sorted distinct non-negative step counts."""
+    try:
+        steps = sorted({int(m) for m in cfg.eval.milestones})
+    except (TypeError, ValueError):
+        raise UsageError(f"eval.milestones={cfg.eval.milestones}: give a list of step counts, e.g. eval.milestones=[0,10,100]") from None
+    if not steps or steps[0] < 0:
+        raise UsageError(f"eval.milestones={list(cfg.eval.milestones)}: give non-negative step counts, e.g. [0,10,100]")
+    return steps
+
+
+def check_eval(cfg) -> None:
+    check_adapt(cfg)
+    for key in ("repeats", "batch_size"):
+        if cfg.eval[key] < 1:
+            raise UsageError(f"eval.{key}={cfg.eval[key]} must be at least 1")
+    milestones(cfg)
+
+
+def check_checkpoint(cfg) -> None:
+    """The reference can be served: a file that exists, or a store that exists."""
+    reference = str(cfg.checkpoint) if cfg.checkpoint is not None else ""
+    if reference in ("", "None"):
+        raise UsageError("this command needs a checkpoint: add checkpoint=runs:/<run_id>, checkpoint=latest or checkpoint=<file.pt>")
+    uri = str(cfg.mlflow.tracking_uri)
+    if reference == "latest" or reference.startswith(("latest:", "runs:/")):
+        database = uri[len("sqlite:///") :].split("?", 1)[0] if uri.startswith("sqlite:///") else None
+        if database and not Path(database).is_file():
+            raise UsageError(f"checkpoint={reference}: there is no MLflow store at {uri} yet: run `fsx pretrain` here first, or point mlflow.tracking_uri at the store that has the run")
+        return
+    if not Path(reference).expanduser().is_file():
+        raise UsageError(f"checkpoint={reference}: no such file (use runs:/<run_id> for an MLflow run)")
+
+
+def precheck(verb: str, cfg) -> None:
+    if verb == "pretrain":
+        check_pretrain(cfg)
+    elif verb == "adapt":
+        check_adapt(cfg)
+        check_checkpoint(cfg)
+    elif verb == "eval":
+        check_eval(cfg)
+        check_checkpoint(cfg)
