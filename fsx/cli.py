@@ -350,6 +350,31 @@ def models() -> None:
     typer.echo(model_table())
 
 
+@app.command("compare")
+def compare_command(
+    runs: list[str] = typer.Argument(..., help="Eval runs: <run id>, runs:/<id>, or latest:eval:<algorithm>. The first is the baseline."),
+    metric: str = typer.Option("AP50", "--metric", help="Any metric of eval/repeats.csv: AP, AP50, AP75, vocAP50, AR100, ..."),
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
+    experiment: str = typer.Option("fsx", "--experiment", help="Where latest:eval:<algorithm> looks."),
+    unpaired: bool = typer.Option(False, "--unpaired", help="Allow runs that evaluated different tasks (Welch's test instead of the paired one)."),
+    plot: str = typer.Option(None, "--plot", help="Also write the curves with their 95% CI bands to this PNG."),
+) -> None:
+    """Compare eval runs milestone by milestone: each run's mean and 95% CI over its tasks, and
+    each run minus the first as a paired difference over the same tasks (mean, 95% CI, paired
+    t-test p; scipy). Runs that did not adapt on identical support sets and score the same
+    test images are refused unless --unpaired.
+
+    \b
+      fsx eval -m checkpoint=latest:pretrain:standard,latest:pretrain:reptile
+      fsx compare latest:eval:standard latest:eval:reptile --plot curves.png"""
+    from fsx.run.compare import run_compare
+
+    try:
+        typer.echo(run_compare(runs, tracking_uri, experiment, metric, unpaired, plot))
+    except UsageError as e:
+        _fail(str(e), e.exit_code)
+
+
 runs_app = typer.Typer(help="Look after the runs of an MLflow store.", no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
 

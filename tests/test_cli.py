@@ -392,7 +392,7 @@ def test_eval_mean_is_the_mean_of_the_repeats(evaluated):
 
 def test_eval_artifacts(evaluated, tmp_path):
     client = client_for(evaluated.uri)
-    assert {"config.yaml", "manifest.json", "eval/repeats.csv", "eval/summary.csv"} <= artifact_paths(client, evaluated.run_id)
+    assert {"config.yaml", "manifest.json", "eval/repeats.csv", "eval/summary.csv", "eval/AP50.png"} <= artifact_paths(client, evaluated.run_id)
 
     config = yaml.safe_load(download(client, evaluated.run_id, "config.yaml", tmp_path).read_text())
     assert config["command"] == "eval" and config["eval"]["milestones"] == [0, 3]

@@ -13,13 +13,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import tempfile
 import time
+from pathlib import Path
 
 from fsx.data.coco import DetectionDataset
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.evaluation.aggregate import summarize
 from fsx.evaluation.coco_metrics import SUMMARY_STATS
+from fsx.evaluation.plots import curve_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
@@ -74,6 +77,10 @@ def evaluate(cfg) -> dict:
         run.log_text(_csv(rows), "eval/repeats.csv")
         run.log_text(_csv([{"milestone": s, **v} for s, v in table.items()]), "eval/summary.csv")
         run.log_metrics({"eval/seconds": time.monotonic() - started, "eval/repeats": repeats})
+        label = f"{(source.payload.get('config') or {}).get('algorithm', {}).get('name', 'checkpoint')}, {repeats} tasks"
+        with tempfile.TemporaryDirectory() as tmp:  # the curve at a glance in the MLflow UI
+            curve = {step: {"mean": stats["AP50_mean"], "ci95": stats["AP50_ci95"]} for step, stats in table.items()}
+            run.log_file(curve_png(Path(tmp) / "AP50.png", {label: curve}, "AP50", name), "eval")
 
     print(format_table(table, repeats, first, cfg, direct))
     print(f"MLflow run: {run.id}")
