@@ -1,7 +1,7 @@
 """The study's table from the MLflow store: per algorithm and milestone, novel AP50 mean ±
 95% CI over the sampled tasks, and the paired difference to `standard` on the same tasks.
 
-    python experiments/letters-adaptation-speed/table.py [--uri sqlite:///mlflow.db] [--metric AP50]
+    python experiments/letters-adaptation-speed/table.py [--uri sqlite:///mlflow.db] [--metric AP50] [--plot curves.png]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import io
 
 from fsx import tracking
 from fsx.evaluation.aggregate import paired_difference, summarize
+from fsx.evaluation.plots import curve_png
 
 ORDER = ("standard", "joint", "reptile", "fomaml", "maml", "metasgd", "anil")
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser.add_argument("--uri", default="sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="letters-speed")
     parser.add_argument("--metric", default="AP50")
+    parser.add_argument("--plot", help="also draw the curves with their 95%% CI bands into this PNG")
     args = parser.parse_args()
     runs = tracking.newest_runs_by_tag(args.uri, args.experiment, "eval", "fsx.algorithm")
     rows = {}
@@ -43,6 +45,9 @@ def main() -> None:
                 cell += f"<br>Δ {d['mean']:+.3f} ± {d['ci95']:.3f} (p {d['p']:.2g})"
             cells.append(cell)
         print(f"| {algorithm} | " + " | ".join(cells) + " |")
+    if args.plot:
+        curves = {a: {m: summarize(v.get((m, t), float("nan")) for t in seeds) for m in milestones} for a, v in rows.items()}
+        print(f"\nplot: {curve_png(args.plot, curves, args.metric, f'novel {args.metric}, letters fold 1, {len(seeds)} tasks')}")
 
 
 if __name__ == "__main__":

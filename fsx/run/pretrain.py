@@ -33,9 +33,11 @@ def budget(cfg, algorithm) -> int:
     return max(1, round(int(cfg.train.passes) / algorithm.passes_per_step()))
 
 
-def resume_point(cfg) -> tuple[dict, Path, str | None]:
-    """(the last.pt payload, its path, the interrupted MLflow run to continue or None) for
-    resume=<.../last.pt> | runs:/<id> | true (the newest interrupted pretrain run here)."""
+def resume_point(cfg) -> tuple[dict, Path | None, str | None]:
+    """(the last.pt payload, where the resumed run keeps writing its last.pt, the interrupted
+    MLflow run to continue or None) for resume=<.../last.pt> | runs:/<id> | true (the newest
+    interrupted pretrain run here). A run found through the store goes on with its own
+    last.pt; a file named on the command line is only read (the new run writes its own)."""
     reference, uri, experiment = str(cfg.resume), str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment)
     run_id = None
     if reference.lower() in ("true", "latest"):
@@ -53,6 +55,7 @@ def resume_point(cfg) -> tuple[dict, Path, str | None]:
             raise UsageError(f"resume={cfg.resume}: run {run_id} left no last.pt (it stopped before its first one was written, or {path} was moved)")
     else:
         path = Path(reference).expanduser()
+    own = path if run_id else None
     payload = read_checkpoint(path)
     if "train_state" not in payload:
         raise UsageError(f"resume={cfg.resume} is a final checkpoint, not an interrupted run's last.pt")
@@ -61,12 +64,12 @@ def resume_point(cfg) -> tuple[dict, Path, str | None]:
         try:
             status, tags = tracking.run_state(uri, run_id)
         except UsageError:  # a last.pt from another store: go on in a new run
-            return payload, path, None
+            return payload, own, None
         if status == "FINISHED":
-            return payload, path, None
+            return payload, own, None
         if tracking.process_alive(tags) and tags.get("fsx.pid") != str(os.getpid()):
             raise UsageError(f"resume={cfg.resume}: run {run_id} is still running (process {tags['fsx.pid']}); stop it first")
-    return payload, path, run_id
+    return payload, own, run_id
 
 
 def pretrain(cfg) -> dict:
