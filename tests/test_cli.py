@@ -392,7 +392,10 @@ def test_eval_mean_is_the_mean_of_the_repeats(evaluated):
 
 def test_eval_artifacts(evaluated, tmp_path):
     client = client_for(evaluated.uri)
-    assert {"config.yaml", "manifest.json", "eval/repeats.csv", "eval/summary.csv", "eval/AP50.png"} <= artifact_paths(client, evaluated.run_id)
+    assert {"config.yaml", "manifest.json", "eval/repeats.csv", "eval/summary.csv", "eval/AP50.png", "eval/AP50_vs_repeats.png"} <= artifact_paths(client, evaluated.run_id)
+    assert sorted(history(client, evaluated.run_id, "cumulative/AP50_mean")) == [1, 2]
+    speed = client.get_run(evaluated.run_id).data.metrics
+    assert {"speed/AP50_auc", "speed/AP50_steps_to_90pct", "speed/AP50_seconds_to_90pct"} <= set(speed)
 
     config = yaml.safe_load(download(client, evaluated.run_id, "config.yaml", tmp_path).read_text())
     assert config["command"] == "eval" and config["eval"]["milestones"] == [0, 3]
@@ -411,6 +414,7 @@ def test_eval_artifacts(evaluated, tmp_path):
         logged = history(client, evaluated.run_id, f"repeat_{int(row['repeat']):02d}/AP50")[int(row["milestone"])]
         assert same(float(row["AP50"]), logged)
         assert int(row["task_seed"]) == int(row["repeat"])
+        assert float(row["adapt_seconds"]) >= 0 and (float(row["adapt_seconds"]) > 0) == (int(row["milestone"]) > 0)
 
     summary = list(csv.DictReader(io.StringIO(download(client, evaluated.run_id, "eval/summary.csv", tmp_path).read_text())))
     assert [int(r["milestone"]) for r in summary] == [0, 3]

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from fsx.data.coco import CocoSet
-from fsx.evaluation.aggregate import summarize
+from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
 from fsx.evaluation.coco_metrics import COCO_STATS, coco_metrics
 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval's 101-point interpolation
@@ -164,7 +164,7 @@ def test_summarize_nothing():
 
 def test_summarize_constant_values_have_no_spread():
     s = summarize(iter([0.5] * 4))  # any iterable
-    assert s == {"mean": 0.5, "std": 0.0, "ci95": 0.0, "n": 4}
+    assert s == {"mean": 0.5, "std": 0.0, "ci95": 0.0, "n": 4, "q1": 0.5, "median": 0.5, "q3": 0.5, "ci95_tfa": 0.0}
 
 
 # --- VOC AP at IoU 0.5 (our own code), on hand-computed cases ---------------------------
@@ -234,3 +234,30 @@ def test_paired_difference_matches_scipy_and_a_hand_computed_interval():
     assert out["ci95"] == pytest.approx(2.7764451 * sd / 5**0.5, rel=1e-6)  # t(0.975, 4)
     assert out["p"] == pytest.approx(st.ttest_rel(b, a).pvalue)
     assert paired_difference([0.1, float("nan"), 0.3], [0.2, 0.5, 0.45])["n"] == 2
+
+
+def test_summarize_quartiles_and_tfa_interval():
+    x = [0.2, 0.4, 0.5, 0.9]
+    s = summarize(x)
+    assert (s["q1"], s["median"], s["q3"]) == pytest.approx(tuple(np.percentile(x, [25, 50, 75])))
+    assert s["ci95_tfa"] == pytest.approx(1.96 * np.std(x) / 2)  # population std, sqrt(4) = 2
+    assert s["ci95_tfa"] < s["ci95"]  # the normal interval with population std is narrower at n = 4
+
+
+def test_cumulative_summaries_grow_one_repeat_at_a_time():
+    running = cumulative([0.5, 0.7, 0.6])
+    assert [r["n"] for r in running] == [1, 2, 3]
+    assert [r["mean"] for r in running] == pytest.approx([0.5, 0.6, 0.6])
+    assert math.isnan(running[0]["ci95"]) and running[2]["ci95"] == pytest.approx(summarize([0.5, 0.7, 0.6])["ci95"])
+
+
+def test_adaptation_speed_by_hand():
+    curve = {0: 0.0, 10: 0.5, 50: 0.8, 200: 0.9}
+    speed = adaptation_speed(curve, seconds={0: 0.0, 10: 2.0, 50: 9.0, 200: 40.0})
+    area = (10 * 0.25 + 40 * 0.65 + 150 * 0.85) / 200
+    assert speed["auc"] == pytest.approx(area)
+    assert speed["steps_to_50pct"] == 10 and speed["seconds_to_50pct"] == 2.0  # 0.5 >= 0.45
+    assert speed["steps_to_90pct"] == 200  # 0.8 < 0.81
+    flat = adaptation_speed({0: 0.0, 10: 0.0})
+    assert flat["auc"] == 0 and math.isnan(flat["steps_to_50pct"])
+    assert math.isnan(adaptation_speed({0: 0.3})["auc"])

@@ -20,9 +20,9 @@ from pathlib import Path
 from fsx.data.coco import DetectionDataset
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
-from fsx.evaluation.aggregate import summarize
+from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
 from fsx.evaluation.coco_metrics import SUMMARY_STATS
-from fsx.evaluation.plots import curve_png
+from fsx.evaluation.plots import curve_png, repeats_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
@@ -58,9 +58,14 @@ def evaluate(cfg) -> dict:
             seed_everything(int(cfg.seed) + r)
             model = model_for_task(source.payload, task, device, int(cfg.seed) + r, reset=head_reset(cfg, direct))
 
-            def on_milestone(step: int, model, r=r, task=task) -> None:
+            clock = {"start": time.monotonic(), "scoring": 0.0}  # adaptation seconds exclude scoring
+
+            def on_milestone(step: int, model, r=r, task=task, clock=clock) -> None:
+                adapt_seconds = time.monotonic() - clock["start"] - clock["scoring"]
+                scoring = time.monotonic()
                 metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")
-                rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, **metrics})
+                clock["scoring"] += time.monotonic() - scoring
+                rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, "adapt_seconds": round(adapt_seconds, 3), **metrics})
                 run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS}, step=step)
 
             if direct:
@@ -73,6 +78,15 @@ def evaluate(cfg) -> dict:
         table = aggregate(rows, milestones)
         for step, stats in table.items():
             run.log_metrics(stats, step=step)
+        last = [row["AP50"] for row in sorted(rows, key=lambda row: row["repeat"]) if row["milestone"] == milestones[-1]]
+        running = cumulative(last)
+        for k, stats in enumerate(running, start=1):
+            run.log_metrics({"cumulative/AP50_mean": stats["mean"], "cumulative/AP50_ci95": stats["ci95"]}, step=k)
+        speed = {}
+        if len(milestones) > 1:
+            seconds = {m: summarize(row["adapt_seconds"] for row in rows if row["milestone"] == m)["mean"] for m in milestones}
+            speed = adaptation_speed({m: table[m]["AP50"] for m in milestones}, seconds)
+            run.log_metrics({f"speed/AP50_{k}": v for k, v in speed.items()})
         run.log_dict({"kind": "eval", "split": source.split.manifest(), "tasks": manifests}, "manifest.json")
         run.log_text(_csv(rows), "eval/repeats.csv")
         run.log_text(_csv([{"milestone": s, **v} for s, v in table.items()]), "eval/summary.csv")
@@ -81,14 +95,20 @@ def evaluate(cfg) -> dict:
         with tempfile.TemporaryDirectory() as tmp:  # the curve at a glance in the MLflow UI
             curve = {step: {"mean": stats["AP50_mean"], "ci95": stats["AP50_ci95"]} for step, stats in table.items()}
             run.log_file(curve_png(Path(tmp) / "AP50.png", {label: curve}, "AP50", name), "eval")
+            if len(running) > 1:
+                run.log_file(repeats_png(Path(tmp) / "AP50_vs_repeats.png", running, f"AP50 at step {milestones[-1]}", name), "eval")
 
     print(format_table(table, repeats, first, cfg, direct))
+    if speed:
+        reach = ", ".join(f"{k[len('steps_to_'):-3]}% by step {v:.0f}" for k, v in speed.items() if k.startswith("steps_to_") and v == v)
+        print(f"AP50 speed: mean level over steps 0-{milestones[-1]} {speed['auc']:.3f}" + (f"; reaches of its step-{milestones[-1]} value {reach}" if reach else ""))
     print(f"MLflow run: {run.id}")
     return {"run_id": run.id, "table": table, "rows": rows}
 
 
 def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, float]]:
-    """Per milestone: <metric> (= mean), <metric>_mean, _std, _ci95 over repeats."""
+    """Per milestone: <metric> (= mean), <metric>_mean, _std, _ci95 (Student-t), _ci95_tfa
+(1.96 population std / sqrt n, TFA's), _q1, _median, _q3 over repeats."""
     table: dict[int, dict[str, float]] = {}
     for step in milestones:
         at = [row for row in rows if row["milestone"] == step]
@@ -96,7 +116,8 @@ def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, fl
         for metric in SUMMARY_STATS:
             s = summarize(row[metric] for row in at)
             out[metric] = s["mean"]
-            out[f"{metric}_mean"], out[f"{metric}_std"], out[f"{metric}_ci95"] = s["mean"], s["std"], s["ci95"]
+            for key in ("mean", "std", "ci95", "ci95_tfa", "q1", "median", "q3"):
+                out[f"{metric}_{key}"] = s[key]
         table[step] = out
     return table
 
