@@ -261,3 +261,16 @@ def test_adaptation_speed_by_hand():
     flat = adaptation_speed({0: 0.0, 10: 0.0})
     assert flat["auc"] == 0 and math.isnan(flat["steps_to_50pct"])
     assert math.isnan(adaptation_speed({0: 0.3})["auc"])
+
+
+def test_precision_recall_f1_at_a_score_threshold_by_hand():
+    from fsx.evaluation.voc import threshold_metrics
+
+    gt = _voc_set([(0, 0, 10, 10), (50, 50, 10, 10), (80, 80, 10, 10)])
+    dets = [_det((0, 0, 10, 10), 0.9), _det((20, 20, 10, 10), 0.8), _det((50, 50, 10, 10), 0.3)]
+    high = threshold_metrics(gt, dets, [1], score_threshold=0.5)  # keeps one hit and one miss
+    assert high == pytest.approx({"precision_at_score": 0.5, "recall_at_score": 1 / 3, "F1_at_score": 2 * 0.5 * (1 / 3) / (0.5 + 1 / 3)})
+    low = threshold_metrics(gt, dets, [1], score_threshold=0.0)
+    assert low["precision_at_score"] == pytest.approx(2 / 3) and low["recall_at_score"] == pytest.approx(2 / 3)
+    none = threshold_metrics(gt, dets, [1], score_threshold=0.95)
+    assert math.isnan(none["precision_at_score"]) and none["recall_at_score"] == 0 and none["F1_at_score"] == 0

@@ -248,6 +248,7 @@ def test_after_sigkill_runs_clean_marks_the_run_killed_and_it_resumes_by_id(tmp_
         (["eval", "checkpoint=missing.pt"], "checkpoint=missing.pt: no such file"),
         (["eval", "checkpoint=missing.pt", "eval.milestones=[-1]"], "eval.milestones"),
         (["adapt", "checkpoint=missing.pt", "ways=0"], "ways=0"),
+        (["eval", "checkpoint=missing.pt", "eval.score_threshold=2"], "eval.score_threshold=2"),
         (["pretrain", "-m", "train.log_every=1,0"], "train.log_every=0"),
     ],
 )

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fsx.data.coco import CocoSet
-from fsx.evaluation.voc import VOC_STATS, voc_metrics
+from fsx.evaluation.voc import THRESHOLD_STATS, VOC_STATS, threshold_metrics, voc_metrics
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -45,9 +45,10 @@ def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | Non
     return out
 
 
-SUMMARY_STATS = COCO_STATS + VOC_STATS  # what eval aggregates over repeats
+SUMMARY_STATS = COCO_STATS + VOC_STATS + THRESHOLD_STATS  # what eval aggregates over repeats
 
 
-def detection_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None) -> dict[str, float]:
-    """COCO stats, per-class AP, `vocAP50` (all-point) and `voc07AP50` (11-point)."""
-    return {**coco_metrics(gt, results, category_ids), **voc_metrics(gt, results, category_ids)}
+def detection_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None, score_threshold: float = 0.5) -> dict[str, float]:
+    """COCO stats, per-class AP, `vocAP50` (all-point), `voc07AP50` (11-point), and precision,
+    recall and F1 of the detections scored >= `score_threshold` (at IoU 0.5)."""
+    return {**coco_metrics(gt, results, category_ids), **voc_metrics(gt, results, category_ids), **threshold_metrics(gt, results, category_ids, score_threshold)}

@@ -32,6 +32,16 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def precision_recall(gt: CocoSet, results: list[dict], category_id: int, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
     """Precision and recall after each detection of one class (by descending score), and the
     number of positives."""
+    tp, fp, positives = _matches(gt, results, category_id, iou_threshold)
+    ctp, cfp = np.cumsum(tp, dtype=float), np.cumsum(fp, dtype=float)
+    recall = ctp / positives if positives else np.zeros_like(ctp)
+    precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
+    return precision, recall, positives
+
+
+def _matches(gt: CocoSet, results: list[dict], category_id: int, iou_threshold: float) -> tuple[list[int], list[int], int]:
+    """VOC matching of one class's detections by descending score: true and false positive
+    flags per counted detection, and the number of positives."""
     boxes: dict[int, np.ndarray] = {}
     difficult: dict[int, np.ndarray] = {}
     for image_id in gt.image_ids:
@@ -59,10 +69,25 @@ def precision_recall(gt: CocoSet, results: list[dict], category_id: int, iou_thr
         else:
             matched[det["image_id"]].add(best)
             tp.append(1), fp.append(0)
-    ctp, cfp = np.cumsum(tp, dtype=float), np.cumsum(fp, dtype=float)
-    recall = ctp / positives if positives else np.zeros_like(ctp)
-    precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
-    return precision, recall, positives
+    return tp, fp, positives
+
+
+THRESHOLD_STATS = ("precision_at_score", "recall_at_score", "F1_at_score")
+
+
+def threshold_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None, score_threshold: float = 0.5) -> dict[str, float]:
+    """What a user sees who keeps the detections scored >= `score_threshold`: precision,
+    recall and F1 at IoU 0.5 over all classes' boxes together (not AP: one operating point)."""
+    cat_ids = category_ids if category_ids is not None else [c["id"] for c in gt.categories]
+    kept = [r for r in results if r["score"] >= score_threshold]
+    tp = fp = positives = 0
+    for cid in cat_ids:
+        t, f, p = _matches(gt, kept, cid, 0.5)
+        tp, fp, positives = tp + sum(t), fp + sum(f), positives + p
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / positives if positives else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision == precision and recall == recall and precision + recall > 0 else (0.0 if tp == 0 and positives else float("nan"))
+    return {"precision_at_score": precision, "recall_at_score": recall, "F1_at_score": f1}
 
 
 def all_point_ap(precision: np.ndarray, recall: np.ndarray) -> float:

@@ -37,7 +37,7 @@ def adapt(cfg) -> dict:
             run.set_tags({"fsx.early_stopping": f"fired at step {result.stopped_at}, rolled back to step {result.rolled_back_to}"})
         metrics = {}
         if cfg.adapt.evaluate:
-            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp))
+            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), score_threshold=float(cfg.eval.score_threshold))
             run.log_metrics(metrics, step=settings.steps)
         spec = {**source.payload["model_spec"], "num_classes": len(task.class_ids)}
         with tempfile.TemporaryDirectory() as tmp:

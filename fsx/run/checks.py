@@ -35,6 +35,8 @@ def check_adapt(cfg) -> None:
     for key in ("lr", "factor"):
         if not a[key] > 0:
             raise UsageError(f"adapt.{key}={a[key]} must be positive")
+    if not 0 <= cfg.eval.score_threshold <= 1:
+        raise UsageError(f"eval.score_threshold={cfg.eval.score_threshold} must be between 0 and 1")
 
 
 def milestones(cfg) -> list[int]:

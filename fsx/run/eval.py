@@ -63,7 +63,7 @@ def evaluate(cfg) -> dict:
             def on_milestone(step: int, model, r=r, task=task, clock=clock) -> None:
                 adapt_seconds = time.monotonic() - clock["start"] - clock["scoring"]
                 scoring = time.monotonic()
-                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}")
+                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold))
                 clock["scoring"] += time.monotonic() - scoring
                 rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, "adapt_seconds": round(adapt_seconds, 3), **metrics})
                 run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS}, step=step)

@@ -70,9 +70,9 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
     return payload.get("kind") == "adapt" and list(payload.get("classes", [])) == list(class_names)
 
 
-def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate") -> dict[str, float]:
+def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5) -> dict[str, float]:
     """COCO and VOC metrics on all of test-test, for the task's classes."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
     results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
-    return detection_metrics(gt, results, task.class_ids)
+    return detection_metrics(gt, results, task.class_ids, score_threshold)
