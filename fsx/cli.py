@@ -313,6 +313,8 @@ _verb(
     "            fomaml    first-order MAML: one step's memory\n"
     "            metasgd   MAML with learned inner step sizes (adapt/eval use them)\n"
     "            anil      MAML whose inner loop adapts only the detection head\n"
+    "            tfa       TFA stage 1 (Faster R-CNN, SGD, LR scaled to the batch); adapt/eval then\n"
+    "                      run stage 2: a fresh cosine box predictor trained alone (adapt.recipe)\n"
     "detector=   fcos (default) | retinanet | fasterrcnn\n"
     "backbone=   tiny (default) | resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3 (fsx models lists them)\n"
     "train.steps counts meta-iterations for meta-learners; train.passes=N instead gives every\n"

@@ -117,3 +117,4 @@ def test_models_lists_every_detector_and_backbone_with_what_runs_on_it(env, tmp_
     assert set(rows) == {(d, b) for d in DETECTORS for b in BACKBONES}, out
     assert re.search(r"fcos\s+tiny\s+1\.03 M\s+standard, reptile, joint, maml, fomaml, metasgd, anil$", rows[("fcos", "tiny")])
     assert rows[("fasterrcnn", "tiny")].endswith("maml, metasgd with detector.roi_align=grid")
+    assert ", tfa;" in rows[("fasterrcnn", "tiny")]  # TFA is defined for Faster R-CNN only

@@ -14,6 +14,7 @@ from fsx.algorithms.base import Algorithm, PretrainData
 from fsx.algorithms.maml import MAML
 from fsx.algorithms.reptile import Reptile
 from fsx.algorithms.standard import Standard
+from fsx.algorithms.tfa import TFA
 from fsx.errors import UsageError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -24,6 +25,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "fomaml": MAML,
     "metasgd": MAML,
     "anil": MAML,
+    "tfa": TFA,
 }
 
 

@@ -27,15 +27,17 @@ class Standard(Algorithm):
         self._pending_state: dict | None = None
 
     def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
-        params = [p for p in model.parameters() if p.requires_grad]
-        self._optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        self._optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         self._scheduler = warmup_step_schedule(self._optimizer, steps, min(self.warmup, max(steps // 5, 1)), self.decay_at, self.gamma)
         if self._pending_state:
             self._optimizer.load_state_dict(self._pending_state["optimizer"])
             self._scheduler.load_state_dict(self._pending_state["scheduler"])
         batches = infinite_batches(data.dataset, self.batch_size, seed, skip=start_step)
         step = optimizer_step(model, self._optimizer, device, amp, self.clip_norm)
-        return train(model, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc="pretrain standard", on_step=on_step)
+        return train(model, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step)
+
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def state_dict(self) -> dict:
         if self._optimizer is None:

@@ -31,7 +31,8 @@ class AdaptSettings:
     early_stopping: bool = True
     window: int = 30
     factor: float = 2.0
-    optimizer: str = "adam"  # adam | sgd (plain steps of size lr, as MAML's inner loop)
+    optimizer: str = "adam"  # adam | sgd (steps of size lr, as MAML's inner loop; with momentum, TFA's)
+    momentum: float = 0.0  # sgd only
     # Meta-SGD's learned step sizes (parameter name -> rate tensor): when given, adaptation
     # takes plain gradient steps of these sizes on exactly these parameters
     learned_rates: dict[str, torch.Tensor] | None = None
@@ -74,7 +75,7 @@ def adaptation_optimizer(model: nn.Module, settings: AdaptSettings) -> tuple[tor
         return LearnedRateSGD(params, rates), which
     params = select_trainable(model, settings.params)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, weight_decay=settings.weight_decay), settings.params
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay), settings.params
     return torch.optim.Adam(params, lr=settings.lr, betas=(settings.beta1, 0.999), weight_decay=settings.weight_decay), settings.params
 
 

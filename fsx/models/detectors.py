@@ -22,6 +22,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
 from fsx.models.backbones import build_backbone
+from fsx.models.cosine import CosinePredictor
 from fsx.models.roi_align import GridRoIAlign
 
 DETECTORS = ("retinanet", "fcos", "fasterrcnn")
@@ -139,6 +140,20 @@ def _fcos(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
     )
 
 
+CLASSIFIERS = ("fc", "cos")
+
+
+def box_predictor(in_features: int, num_classes: int, det: dict) -> nn.Module:
+    """Faster R-CNN's last layers for `num_classes` classes plus background: an ordinary
+    linear classifier (`detector.classifier=fc`) or TFA's cosine one (`cos`)."""
+    kind = det.get("classifier", "fc")
+    if kind not in CLASSIFIERS:
+        raise UsageError(f"detector.classifier={kind}: choose one of {', '.join(CLASSIFIERS)}")
+    if kind == "cos":
+        return CosinePredictor(in_features, num_classes + 1, float(det.get("cosine_scale", 20.0)), bool(det.get("learn_scale", False)))
+    return FastRCNNPredictor(in_features, num_classes + 1)
+
+
 def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
     sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 1))
     anchors = FloatAnchorGenerator(sizes, (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes))
@@ -155,7 +170,7 @@ def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
         rpn_anchor_generator=anchors,
         box_roi_pool=pooler,
         box_head=TwoMLPHead(backbone.out_channels * pool * pool, rep),
-        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_predictor=box_predictor(rep, num_classes, det),
         rpn_pre_nms_top_n_train=det.get("rpn_pre_nms_top_n_train", 2000),
         rpn_pre_nms_top_n_test=det.get("rpn_pre_nms_top_n_test", 1000),
         rpn_post_nms_top_n_train=det.get("rpn_post_nms_top_n_train", 2000),

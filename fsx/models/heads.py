@@ -17,7 +17,9 @@ import math
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+from fsx.models.cosine import CosinePredictor
+from fsx.models.detectors import box_predictor
 
 PRIOR_PROBABILITY = 0.01  # a dense head's initial foreground probability (focal-loss paper)
 TRAINABLE = ("all", "heads", "class_head")
@@ -65,21 +67,34 @@ def num_classes(model: nn.Module) -> int:
     return model.head.classification_head.num_classes
 
 
-def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None = None) -> None:
+def predictor_spec(model: nn.Module) -> dict:
+    """The detector keys that describe a Faster R-CNN's box predictor as it is now (its
+    classifier kind and cosine scale), for the spec of a checkpoint; {} for other families."""
+    if not isinstance(model, FasterRCNN):
+        return {}
+    predictor = model.roi_heads.box_predictor
+    if isinstance(predictor, CosinePredictor):
+        return {"classifier": "cos", "cosine_scale": float(predictor.scale.detach()), "learn_scale": isinstance(predictor.scale, nn.Parameter)}
+    return {"classifier": "fc"}
+
+
+def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None = None, classifier: dict | None = None) -> None:
     """Replace the class output layer with a fresh one for `num_classes` classes.
 
     RetinaNet/FCOS: a new class-logit conv at the 0.01 foreground prior; boxes are
     class-agnostic there, so the box branch is kept. Faster R-CNN: a new box predictor
     (class scores and class-specific boxes), initialised as TFA's surgery does: N(0, 0.01)
-    scores, N(0, 0.001) boxes, zero biases.
+    scores, N(0, 0.001) boxes, zero biases; of the kind `classifier` asks for
+    ({"classifier": "fc" | "cos", "cosine_scale", "learn_scale"}), else of the same kind.
     """
     if isinstance(model, FasterRCNN):
         old = model.roi_heads.box_predictor
-        new = FastRCNNPredictor(old.cls_score.in_features, num_classes + 1)
+        new = box_predictor(old.cls_score.in_features, num_classes, classifier or predictor_spec(model))
         with torch.no_grad():
             new.cls_score.weight.normal_(0.0, 0.01, generator=generator)
             new.bbox_pred.weight.normal_(0.0, 0.001, generator=generator)
-            new.cls_score.bias.zero_()
+            if new.cls_score.bias is not None:
+                new.cls_score.bias.zero_()
             new.bbox_pred.bias.zero_()
         model.roi_heads.box_predictor = new.to(old.cls_score.weight.device)
         return

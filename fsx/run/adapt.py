@@ -10,8 +10,9 @@ from fsx.data.coco import DetectionDataset
 from fsx.engine.checkpoint import save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
+from fsx.models.heads import predictor_spec
 from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, sample_task, score
-from fsx.run.wiring import adapt_settings, recorded_run, run_config
+from fsx.run.wiring import adapt_recipe, adapt_settings, recorded_run, run_config
 
 
 def adapt(cfg) -> dict:
@@ -20,7 +21,8 @@ def adapt(cfg) -> dict:
     settings = adapt_settings(cfg, source.payload)
     task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
     seed_everything(cfg.seed)
-    model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg))
+    classifier = (adapt_recipe(cfg, source.payload) or {}).get("classifier")
+    model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg), classifier=classifier)
     tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
     with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
@@ -39,7 +41,8 @@ def adapt(cfg) -> dict:
         if cfg.adapt.evaluate:
             metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), score_threshold=float(cfg.eval.score_threshold))
             run.log_metrics(metrics, step=settings.steps)
-        spec = {**source.payload["model_spec"], "num_classes": len(task.class_ids)}
+        spec = dict(source.payload["model_spec"])
+        spec.update(num_classes=len(task.class_ids), detector={**spec["detector"], **predictor_spec(model)})
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
             run.log_file(path, "checkpoints")

@@ -38,17 +38,18 @@ def sample_task(split: Split, ways: int, shots: int, task_seed: int) -> Task:
     return sample_shots(split.test_adapt, classes, shots, task_seed)
 
 
-def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None) -> torch.nn.Module:
+def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None, classifier: dict | None = None) -> torch.nn.Module:
     """The checkpoint's model, its class head ready for the task. `reset=None` decides: keep
     the head of a checkpoint already adapted to exactly these classes, and the meta-learned
     head of a meta-learner's checkpoint when it has one output per task class (its label
-    slots were shuffled in every meta-training task); otherwise a fresh head."""
+    slots were shuffled in every meta-training task); otherwise a fresh head, of the kind
+    `classifier` names (a TFA recipe's cosine classifier) or the checkpoint's own."""
     model = load_model(payload)
     if reset is None:
         keeps_head = payload.get("adapt_head") == "keep" and num_classes(model) == len(task.class_ids)
         reset = not (is_adapted_to(payload, task.class_names) or keeps_head)
     if reset:
-        reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed))
+        reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed), classifier=classifier)
     return model.to(device)
 
 
@@ -56,7 +57,9 @@ def adapt_tags(settings) -> dict[str, str]:
     """How adaptation optimised, as a tag: a Meta-SGD checkpoint's learned rates, or adapt.optimizer."""
     if settings.learned_rates:
         return {"fsx.adapt_optimizer": f"learned step sizes from the checkpoint ({len(settings.learned_rates)} tensors)"}
-    return {"fsx.adapt_optimizer": f"{settings.optimizer} lr {settings.lr}"}
+    momentum = f" momentum {settings.momentum}" if settings.optimizer == "sgd" and settings.momentum else ""
+    trains = "" if settings.params == "all" else f", trains {settings.params} only"
+    return {"fsx.adapt_optimizer": f"{settings.optimizer} lr {settings.lr:g}{momentum}{trains}"}
 
 
 def head_reset(cfg, direct: bool = False) -> bool | None:

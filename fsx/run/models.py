@@ -28,7 +28,8 @@ def model_table(num_classes: int = 21) -> str:
                 model = build_detector(new_model_spec(cfg, num_classes))
                 total = sum(p.numel() for p in model.parameters())
                 blocked = upstream_of_roi_align(model, parameter_names(model, "all"))
-                algorithms = ", ".join(a for a in ALGORITHMS if not (blocked and a in SECOND_ORDER))
+                runs = [a for a in ALGORITHMS if detector in (getattr(ALGORITHMS[a], "detectors", None) or (detector,))]
+                algorithms = ", ".join(a for a in runs if not (blocked and a in SECOND_ORDER))
                 note = f"; {', '.join(SECOND_ORDER)} with detector.roi_align=grid" if blocked else ""
                 rows.append((detector, backbone, f"{total / 1e6:.2f} M", algorithms + note))
     head = ("detector", "backbone", f"parameters ({num_classes} classes)", "algorithms")

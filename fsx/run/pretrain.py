@@ -99,6 +99,9 @@ def pretrain(cfg) -> dict:
 
     seed_everything(cfg.seed)
     algorithm = build_algorithm(**plain(cfg.algorithm))
+    allowed = getattr(algorithm, "detectors", None)
+    if allowed and cfg.detector.name not in allowed:
+        raise UsageError(f"algorithm={cfg.algorithm.name} is defined for detector={' or '.join(allowed)}, not {cfg.detector.name}: add detector={allowed[0]}")
     steps = budget(cfg, algorithm)
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
     data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform))
