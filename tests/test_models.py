@@ -347,7 +347,7 @@ def test_imagenet_weights_of_other_backbones_load_from_a_local_file(name, tmp_pa
     torch.manual_seed(1)
     network = {"resnet34": resnet34, "mobilenet_v3": mobilenet_v3_large}[name]()
     torch.save(network.state_dict(), tmp_path / "weights.pth")
-    backbone = build_backbone(name, weights=str(tmp_path / "weights.pth"))
+    backbone = build_backbone(name, weights=str(tmp_path / "weights.pth"), norm="bn")  # BN affine terms as parameters, to compare
     mine = dict(backbone.body.named_parameters())
     theirs = {k.removeprefix("features."): v for k, v in network.named_parameters() if not k.startswith(("fc.", "classifier."))}
     assert set(mine) == set(theirs)
@@ -359,3 +359,42 @@ def test_trainable_layers_freeze_mobilenet_from_the_stem_up():
     frozen = {k.split(".")[0] for k, p in backbone.body.named_parameters() if not p.requires_grad}
     assert frozen == {str(i) for i in range(7)}  # blocks of strides 2, 4 and 8
     assert all(p.requires_grad for p in backbone.fpn.parameters())
+
+
+def test_norm_auto_freezes_batch_norm_over_loaded_weights_and_the_spec_says_so(tmp_path):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from fsx.models.detectors import model_spec
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    frozen = model_spec({"name": "fcos"}, {"name": "resnet18", "out_channels": 64, "norm": "auto", "weights": str(path)}, 5, 64, [0.5] * 3, [0.25] * 3)
+    plain = model_spec({"name": "fcos"}, {"name": "resnet18", "out_channels": 64, "norm": "auto"}, 5, 64, [0.5] * 3, [0.25] * 3)
+    assert frozen["backbone"]["norm"] == "frozen_bn" and plain["backbone"]["norm"] == "bn"
+    assert isinstance(build_detector(frozen).backbone.body.bn1, FrozenBatchNorm2d)
+    assert isinstance(build_detector(plain).backbone.body.bn1, torch.nn.BatchNorm2d)
+    # a checkpoint rebuilds without the weights file: the resolved norm keeps its layers the same
+    rebuilt = build_detector({**frozen, "backbone": {k: v for k, v in frozen["backbone"].items() if k != "weights"}})
+    assert isinstance(rebuilt.backbone.body.bn1, FrozenBatchNorm2d)
+
+
+def test_the_reptile_thesis_retinanet_preset():
+    from hydra import compose, initialize_config_module
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    from fsx.run.wiring import new_model_spec
+
+    with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=["experiment=rt_retinanet_r34"])
+    model = build_detector(new_model_spec(cfg, 21))
+    assert len(model.backbone.body.layer3) == 6 and model.backbone.body.layer4[0].conv1.in_channels == 256  # ResNet-34 (3-4-6-3 basic blocks)
+    extra = model.backbone.fpn.extra_blocks
+    assert isinstance(extra, LastLevelP6P7) and extra.p6.in_channels == 512  # P6 from C5, not P5
+    sizes = model.anchor_generator.sizes
+    assert len(sizes) == 5 and all(len(s) == 3 for s in sizes)  # P3-P7, 3 octaves
+    assert model.anchor_generator.num_anchors_per_location() == [9] * 5
+    assert sizes[0][0] == pytest.approx(2.5 * 8) and sizes[-1][0] == pytest.approx(2.5 * 128)  # 32..512 x 500/800
+    assert model.transform.min_size == (500,) and model.transform.max_size == 500
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules())  # the original head
+    assert model.head.regression_head._loss_type == "smooth_l1"
+    assert (model.proposal_matcher.high_threshold, model.proposal_matcher.low_threshold) == (0.5, 0.4)

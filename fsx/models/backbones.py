@@ -93,15 +93,19 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         )
 
 
-def _check_norm_and_layers(norm: str, trainable_layers: int) -> None:
-    if norm not in ("bn", "frozen_bn"):
-        raise UsageError(f"backbone.norm={norm}: choose bn or frozen_bn")
+def _check_norm_and_layers(norm: str, trainable_layers: int, weights: str | None) -> str:
+    """The norm to build (auto: frozen over loaded weights, as torchvision does; else bn)."""
+    if norm not in ("auto", "bn", "frozen_bn"):
+        raise UsageError(f"backbone.norm={norm}: choose auto, bn or frozen_bn")
     if not 0 <= trainable_layers <= 5:
         raise UsageError(f"backbone.trainable_layers={trainable_layers}: choose 0..5")
+    if norm == "auto":
+        return "frozen_bn" if weights else "bn"
+    return norm
 
 
-def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = None, norm: str = "bn", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
-    _check_norm_and_layers(norm, trainable_layers)
+def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = None, norm: str = "auto", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
+    norm = _check_norm_and_layers(norm, trainable_layers, weights)
     factory, in_channels = _RESNETS[name]
     body = factory(weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
     if weights:
@@ -119,9 +123,9 @@ def resnet_backbone(name: str, out_channels: int = 128, weights: str | None = No
 _MOBILENET_STAGES = [range(0, 2), range(2, 4), range(4, 7), range(7, 13), range(13, 17)]
 
 
-def mobilenet_v3_backbone(out_channels: int = 128, weights: str | None = None, norm: str = "bn", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
+def mobilenet_v3_backbone(out_channels: int = 128, weights: str | None = None, norm: str = "auto", trainable_layers: int = 5, extra_levels: int = 0) -> FPNBackbone:
     """MobileNetV3-Large with an FPN on strides 8/16/32 (the SSDlite-style light backbone)."""
-    _check_norm_and_layers(norm, trainable_layers)
+    norm = _check_norm_and_layers(norm, trainable_layers, weights)
     batch_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)  # torchvision's settings for this net
     net = mobilenet_v3_large(weights=None, norm_layer=partial(FrozenBatchNorm2d, eps=0.001) if norm == "frozen_bn" else batch_norm)
     if weights:

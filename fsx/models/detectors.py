@@ -200,9 +200,15 @@ def build_detector(spec: dict) -> nn.Module:
 
 
 def model_spec(detector: dict, backbone: dict, num_classes: int, image_size: int, image_mean, image_std) -> dict:
+    """Everything needed to rebuild the model. `backbone.norm=auto` is resolved here (frozen
+    batch norm over loaded ImageNet weights, trainable otherwise), so a checkpoint, which
+    rebuilds without the weights file, names the norm it was trained with."""
+    backbone = copy.deepcopy(dict(backbone))
+    if backbone.get("norm") == "auto":
+        backbone["norm"] = "frozen_bn" if backbone.get("weights") else "bn"
     return {
         "detector": copy.deepcopy(dict(detector)),
-        "backbone": copy.deepcopy(dict(backbone)),
+        "backbone": backbone,
         "num_classes": int(num_classes),
         "image_size": int(image_size),
         "image_mean": [float(v) for v in image_mean],
