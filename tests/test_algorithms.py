@@ -206,6 +206,7 @@ DETECTORS = {
     "fasterrcnn": {"name": "fasterrcnn", "anchor_scale": 3.0, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100},
     # RoIAlign from grid_sample: second-order meta-gradients pass through it
     "fasterrcnn-grid": {"name": "fasterrcnn", "anchor_scale": 3.0, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100, "roi_align": "grid"},
+    "ssd": {"name": "ssd"},
 }
 SETTINGS = {
     "reptile": dict(inner_steps=2, inner_batch=4, inner_lr=2e-3, shots=2, meta_batch=2),
@@ -227,7 +228,7 @@ def small_model(detector: str, num_classes: int):
 
 
 def test_settings_cover_every_algorithm():
-    assert set(SETTINGS) == set(ALGORITHMS) - {"standard"}
+    assert set(SETTINGS) == set(ALGORITHMS) - {"standard", "tfa"}  # TFA: plain training, tests/test_tfa.py
 
 
 @pytest.mark.slow

@@ -307,6 +307,7 @@ FAMILIES = {
     "retinanet": {"name": "retinanet", "anchor_scale": 1.5, "head_norm": "group", "box_loss": "giou"},
     "fcos": {"name": "fcos"},
     "fasterrcnn": {"name": "fasterrcnn", "anchor_scale": 2.0, "anchor_octaves": 2, "representation_size": 64, "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100},
+    "ssd": {"name": "ssd"},
 }
 
 
@@ -398,3 +399,21 @@ def test_the_reptile_thesis_retinanet_preset():
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.head.modules())  # the original head
     assert model.head.regression_head._loss_type == "smooth_l1"
     assert (model.proposal_matcher.high_threshold, model.proposal_matcher.low_threshold) == (0.5, 0.4)
+
+
+
+def test_ssd300_on_vgg16_and_what_vgg16_refuses(tmp_path):
+    import torchvision
+
+    spec = {"detector": {"name": "ssd"}, "backbone": {"name": "vgg16"}, "num_classes": 4, "image_size": 300, "image_mean": [0.5] * 3, "image_std": [0.25] * 3}
+    model = build_detector(spec)
+    assert model.anchor_generator.num_anchors_per_location() == [4, 6, 6, 6, 4, 4]  # the paper's table
+    assert num_classes(model) == 4 and model.transform.fixed_size == (300, 300)
+    torch.save(torchvision.models.vgg16().state_dict(), tmp_path / "vgg16.pth")
+    weighted = build_detector({**spec, "backbone": {"name": "vgg16", "weights": str(tmp_path / "vgg16.pth")}})
+    reference = torch.load(tmp_path / "vgg16.pth", weights_only=True)
+    assert torch.equal(weighted.backbone.body.features[0].weight, reference["features.0.weight"])
+    with pytest.raises(UsageError, match="needs dataset.image_size=300"):
+        build_detector({**spec, "image_size": 128})
+    with pytest.raises(UsageError, match="use it with detector=ssd, not fcos"):
+        build_detector({**spec, "detector": {"name": "fcos"}})

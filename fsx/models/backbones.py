@@ -137,10 +137,34 @@ def mobilenet_v3_backbone(out_channels: int = 128, weights: str | None = None, n
     return FPNBackbone(net.features, {"6": "0", "12": "1", "16": "2"}, [40, 112, 960], [8, 16, 32], out_channels, extra_levels)
 
 
-BACKBONES = ("tiny", *_RESNETS, "mobilenet_v3")
+class SSDVGGBackbone(nn.Module):
+    """SSD300's base (PROTOCOLS 5.3): VGG16 to conv5_3 with fc6/fc7 as dilated convolutions
+    and SSD's four extra blocks (torchvision's extractor), six maps of 512, 1024, 512, 256,
+    256, 256 channels at 300 px. Only detector=ssd reads maps of different widths."""
+
+    def __init__(self, weights: str | None = None, trainable_layers: int = 5):
+        super().__init__()
+        from torchvision.models import vgg16
+        from torchvision.models.detection.ssd import _vgg_extractor
+
+        if not 0 <= trainable_layers <= 5:
+            raise UsageError(f"backbone.trainable_layers={trainable_layers}: choose 0..5")
+        vgg = vgg16(weights=None)
+        if weights:
+            load_weights(vgg, weights)
+        self.body = _vgg_extractor(vgg, False, trainable_layers)
+        self.feature_channels = [512, 1024, 512, 256, 256, 256]
+        self.strides = [8, 16, 32, 64, 100, 300]
+        self.image_size = 300
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.body(x)
 
 
-def build_backbone(name: str, **kwargs) -> FPNBackbone:
+BACKBONES = ("tiny", *_RESNETS, "mobilenet_v3", "vgg16")
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
     if name == "tiny":
         allowed = {"out_channels", "widths", "extra_levels"}
         return tiny_backbone(**{k: v for k, v in kwargs.items() if k in allowed})
@@ -148,4 +172,6 @@ def build_backbone(name: str, **kwargs) -> FPNBackbone:
         return mobilenet_v3_backbone(**kwargs)
     if name in _RESNETS:
         return resnet_backbone(name, **kwargs)
+    if name == "vgg16":
+        return SSDVGGBackbone(**{k: v for k, v in kwargs.items() if k in ("weights", "trainable_layers")})
     raise UsageError(f"backbone.name={name}: choose one of {', '.join(BACKBONES)}")

@@ -14,10 +14,11 @@ from functools import partial
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
@@ -25,7 +26,7 @@ from fsx.models.backbones import build_backbone
 from fsx.models.cosine import CosinePredictor
 from fsx.models.roi_align import GridRoIAlign
 
-DETECTORS = ("retinanet", "fcos", "fasterrcnn")
+DETECTORS = ("retinanet", "fcos", "fasterrcnn", "ssd")
 TWO_STAGE = ("fasterrcnn",)
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "ciou", "diou")
 ROI_ALIGNS = ("torchvision", "grid")  # the compiled op, or grid_sample (differentiable twice)
@@ -56,9 +57,9 @@ FloatOutputHead = _float_outputs(RetinaNetHead)
 FloatFCOSHead = _float_outputs(FCOSHead)
 
 
-class ZeroBasedFasterRCNN(FasterRCNN):
-    """torchvision's Faster R-CNN reserves label 0 for the background; fsx labels start at 0.
-    Shift by one on the way in and out, here and nowhere else."""
+class ZeroBased:
+    """torchvision's Faster R-CNN and SSD reserve label 0 for the background; fsx labels start
+    at 0. Shift by one on the way in and out, here and nowhere else."""
 
     def forward(self, images, targets=None):
         if targets is not None:
@@ -67,6 +68,14 @@ class ZeroBasedFasterRCNN(FasterRCNN):
         if self.training:
             return out
         return [{**o, "labels": o["labels"] - 1} for o in out]
+
+
+class ZeroBasedFasterRCNN(ZeroBased, FasterRCNN):
+    pass
+
+
+class ZeroBasedSSD(ZeroBased, SSD):
+    pass
 
 
 def anchor_sizes(strides: list[int], scale: float, octaves: int = 3) -> tuple[tuple[float, ...], ...]:
@@ -184,7 +193,41 @@ def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
     )
 
 
-_BUILDERS = {"retinanet": _retinanet, "fcos": _fcos, "fasterrcnn": _fasterrcnn}
+def _ssd(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
+    """SSD's multi-box head on every level the backbone gives: default boxes at `min_ratio`
+    .. `max_ratio` of the image (one scale per level), softmax classes with background, hard
+    negative mining at 3 negatives per positive, smooth-L1 boxes. Over backbone=vgg16 it is
+    SSD300 (its default-box table, 300 px)."""
+    size = int(spec["image_size"])
+    if hasattr(backbone, "feature_channels"):  # SSD300's VGG base: its own six maps and boxes
+        if size != backbone.image_size:
+            raise UsageError(f"backbone=vgg16 is SSD300's base and needs dataset.image_size=300, not {size} (experiment=ssd300_vgg16 sets it)")
+        channels = backbone.feature_channels
+        anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=backbone.strides)
+    else:
+        levels = len(backbone.strides)
+        channels = [backbone.out_channels] * levels
+        ratios = [list(det.get("aspect_ratios", [2, 3]))] * levels
+        anchors = DefaultBoxGenerator(ratios, min_ratio=det.get("min_ratio", 0.1), max_ratio=det.get("max_ratio", 0.6), steps=list(backbone.strides))
+    head = SSDHead(channels, anchors.num_anchors_per_location(), num_classes + 1)
+    return ZeroBasedSSD(
+        backbone,
+        anchors,
+        (size, size),
+        num_classes + 1,
+        image_mean=list(spec["image_mean"]),
+        image_std=list(spec["image_std"]),
+        head=head,
+        score_thresh=det.get("score_thresh", 0.05),
+        nms_thresh=det.get("nms_thresh", 0.45),
+        detections_per_img=det.get("detections_per_img", 100),
+        iou_thresh=det.get("iou_thresh", 0.5),
+        topk_candidates=det.get("topk_candidates", 400),
+        positive_fraction=det.get("positive_fraction", 0.25),
+    )
+
+
+_BUILDERS = {"retinanet": _retinanet, "fcos": _fcos, "fasterrcnn": _fasterrcnn, "ssd": _ssd}
 
 
 def build_detector(spec: dict) -> nn.Module:
@@ -193,7 +236,10 @@ def build_detector(spec: dict) -> nn.Module:
     if det["name"] not in _BUILDERS:
         raise UsageError(f"detector={det['name']}: choose one of {', '.join(DETECTORS)}")
     bb = dict(spec["backbone"])
-    model = _BUILDERS[det["name"]](build_backbone(bb.pop("name"), **bb), det, int(spec["num_classes"]), spec)
+    backbone = build_backbone(bb.pop("name"), **bb)
+    if hasattr(backbone, "feature_channels") and det["name"] != "ssd":
+        raise UsageError(f"backbone=vgg16 is SSD300's base (maps of different widths, no feature pyramid): use it with detector=ssd, not {det['name']}")
+    model = _BUILDERS[det["name"]](backbone, det, int(spec["num_classes"]), spec)
     # NHWC convolutions: 12% faster training steps on CPU (make bench), and the layout
     # tensor cores want on CUDA. Weights load into it unchanged.
     return model.to(memory_format=torch.channels_last)

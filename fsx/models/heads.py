@@ -8,6 +8,8 @@ inner loop adapts (`algorithm.inner_params`):
 | all | every parameter that is not frozen | the same |
 | heads | the dense head (class and box towers) | RPN and RoI heads |
 | class_head | the class tower and its output layer | the box predictor (class scores and class-specific boxes) |
+
+SSD's sets are RetinaNet's: heads = its multi-box head, class_head = its class convolutions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.ssd import SSD, SSDClassificationHead
 
 from fsx.models.cosine import CosinePredictor
 from fsx.models.detectors import box_predictor
@@ -32,7 +35,7 @@ def _prefixes(model: nn.Module, which: str) -> tuple[str, ...]:
         return ("",)
     if isinstance(model, FasterRCNN):
         return ("rpn.", "roi_heads.") if which == "heads" else ("roi_heads.box_predictor.",)
-    if isinstance(model, (RetinaNet, FCOS)):
+    if isinstance(model, (RetinaNet, FCOS, SSD)):
         return ("head.",) if which == "heads" else ("head.classification_head.",)
     raise TypeError(f"no parameter sets known for {type(model).__name__}")
 
@@ -64,6 +67,8 @@ def select_named(model: nn.Module, names) -> list[nn.Parameter]:
 def num_classes(model: nn.Module) -> int:
     if isinstance(model, FasterRCNN):
         return model.roi_heads.box_predictor.cls_score.out_features - 1
+    if isinstance(model, SSD):
+        return model.head.classification_head.num_columns - 1  # softmax over background + classes
     return model.head.classification_head.num_classes
 
 
@@ -97,6 +102,17 @@ def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Genera
                 new.cls_score.bias.zero_()
             new.bbox_pred.bias.zero_()
         model.roi_heads.box_predictor = new.to(old.cls_score.weight.device)
+        return
+    if isinstance(model, SSD):
+        old = model.head.classification_head
+        convs = list(old.module_list)
+        anchors = [c.out_channels // old.num_columns for c in convs]
+        new = SSDClassificationHead([c.in_channels for c in convs], anchors, num_classes + 1)
+        with torch.no_grad():
+            for conv in new.module_list:
+                conv.weight.normal_(0.0, 0.01, generator=generator)
+                conv.bias.zero_()
+        model.head.classification_head = new.to(convs[0].weight.device, memory_format=torch.channels_last)
         return
     head = model.head.classification_head
     old = head.cls_logits

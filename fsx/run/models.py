@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fsx.algorithms import ALGORITHMS
+from fsx.errors import UsageError
 from fsx.models.detectors import build_detector
 from fsx.models.heads import parameter_names, upstream_of_roi_align
 from fsx.run.wiring import new_model_spec
@@ -17,15 +18,24 @@ def options(group: str) -> list[str]:
 
 
 def model_table(num_classes: int = 21) -> str:
-    """One row per detector x backbone with its default config (letters, 128 px)."""
+    """One row per detector x backbone with its default config (letters, 128 px; 300 px for
+    SSD300's vgg16), or why that pair is not built."""
     from hydra import compose, initialize_config_module
 
     rows = []
     with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
         for detector in options("detector"):
             for backbone in options("backbone"):
-                cfg = compose(config_name="pretrain", overrides=[f"detector={detector}", f"backbone={backbone}"])
-                model = build_detector(new_model_spec(cfg, num_classes))
+                if backbone == "vgg16" and detector != "ssd":
+                    rows.append((detector, backbone, "-", "SSD300's base: detector=ssd only"))
+                    continue
+                size = ["dataset.image_size=300"] if backbone == "vgg16" else []  # SSD300's base
+                cfg = compose(config_name="pretrain", overrides=[f"detector={detector}", f"backbone={backbone}", *size])
+                try:
+                    model = build_detector(new_model_spec(cfg, num_classes))
+                except UsageError as e:
+                    rows.append((detector, backbone, "-", f"not built: {e}"))
+                    continue
                 total = sum(p.numel() for p in model.parameters())
                 blocked = upstream_of_roi_align(model, parameter_names(model, "all"))
                 runs = [a for a in ALGORITHMS if detector in (getattr(ALGORITHMS[a], "detectors", None) or (detector,))]
