@@ -417,3 +417,26 @@ def test_ssd300_on_vgg16_and_what_vgg16_refuses(tmp_path):
         build_detector({**spec, "image_size": 128})
     with pytest.raises(UsageError, match="use it with detector=ssd, not fcos"):
         build_detector({**spec, "detector": {"name": "fcos"}})
+
+
+def test_ssdlite_heads_train_and_their_class_head_resets():
+    from hydra import compose, initialize_config_module
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    from fsx.run.wiring import new_model_spec
+
+    with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
+        cfg = compose(config_name="pretrain", overrides=["experiment=ssdlite_mobilenet_v3", "backbone.out_channels=32"])
+    model = build_detector(new_model_spec(cfg, 3))
+    assert isinstance(model.head, SSDLiteHead) and len(model.anchor_generator.aspect_ratios) == 5  # P3-P7
+    images = [torch.rand(3, 320, 320) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 120.0, 140.0]]), "labels": torch.tensor([i])} for i in (0, 2)]
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression"} and all(torch.isfinite(v) for v in losses.values())
+    reset_class_head(model, 5, torch.Generator().manual_seed(0))
+    assert num_classes(model) == 5
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert all(o["labels"].max() <= 4 for o in out if len(o["labels"]))

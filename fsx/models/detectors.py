@@ -19,6 +19,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
@@ -209,7 +210,13 @@ def _ssd(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
         channels = [backbone.out_channels] * levels
         ratios = [list(det.get("aspect_ratios", [2, 3]))] * levels
         anchors = DefaultBoxGenerator(ratios, min_ratio=det.get("min_ratio", 0.1), max_ratio=det.get("max_ratio", 0.6), steps=list(backbone.strides))
-    head = SSDHead(channels, anchors.num_anchors_per_location(), num_classes + 1)
+    kind = det.get("head", "ssd")
+    if kind not in ("ssd", "lite"):
+        raise UsageError(f"detector.head={kind}: choose ssd (3x3 convolutions) or lite (SSDlite: depthwise-separable)")
+    if kind == "lite":
+        head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes + 1, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+    else:
+        head = SSDHead(channels, anchors.num_anchors_per_location(), num_classes + 1)
     return ZeroBasedSSD(
         backbone,
         anchors,

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.ssd import SSD, SSDClassificationHead
+from torchvision.models.detection.ssd import SSD
 
 from fsx.models.cosine import CosinePredictor
 from fsx.models.detectors import box_predictor
@@ -103,16 +103,20 @@ def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Genera
             new.bbox_pred.bias.zero_()
         model.roi_heads.box_predictor = new.to(old.cls_score.weight.device)
         return
-    if isinstance(model, SSD):
-        old = model.head.classification_head
-        convs = list(old.module_list)
-        anchors = [c.out_channels // old.num_columns for c in convs]
-        new = SSDClassificationHead([c.in_channels for c in convs], anchors, num_classes + 1)
-        with torch.no_grad():
-            for conv in new.module_list:
-                conv.weight.normal_(0.0, 0.01, generator=generator)
-                conv.bias.zero_()
-        model.head.classification_head = new.to(convs[0].weight.device, memory_format=torch.channels_last)
+    if isinstance(model, SSD):  # SSD: a 3x3 conv per level; SSDlite: depthwise block + 1x1 conv
+        head = model.head.classification_head
+        for i, level in enumerate(head.module_list):
+            old = level[-1] if isinstance(level, nn.Sequential) else level
+            new = nn.Conv2d(old.in_channels, old.out_channels // head.num_columns * (num_classes + 1), old.kernel_size, old.stride, old.padding)
+            with torch.no_grad():
+                new.weight.normal_(0.0, 0.01, generator=generator)
+                new.bias.zero_()
+            new = new.to(old.weight.device, memory_format=torch.channels_last)
+            if isinstance(level, nn.Sequential):
+                level[-1] = new
+            else:
+                head.module_list[i] = new
+        head.num_columns = num_classes + 1
         return
     head = model.head.classification_head
     old = head.cls_logits
