@@ -209,6 +209,8 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
     if not (known.cfg or known.info or known.help or known.hydra_help or known.shell_completion or known.config_dir or known.config_name):
         validate(verb, list(known.overrides), multirun)
 
+    from fsx.tracking import StoreError
+
     def task(cfg):
         try:
             from fsx.tracking import check_store
@@ -218,6 +220,11 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
         except UsageError as e:
             if not multirun:
                 _fail(str(e), e.exit_code)
+            _record_job_failure(str(e))
+            typer.echo(f"fsx: job failed: {e}", err=True)
+        except StoreError as e:  # the store went away mid-run: one message, exit 1
+            if not multirun:
+                _fail(str(e), 1)
             _record_job_failure(str(e))
             typer.echo(f"fsx: job failed: {e}", err=True)
         except Exception as e:  # noqa: BLE001 - one failed job must not take the sweep down

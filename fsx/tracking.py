@@ -22,7 +22,19 @@ CHECKPOINT_ARTIFACT = "checkpoints/model.pt"
 
 for _name in ("mlflow", "alembic", "mlflow.store.db.utils"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # fsx says it once, in its own words
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that stops answering costs seconds per call, not MLflow's four minutes of
+# backoff: metrics wait in memory (below) and anything else fails the run cleanly.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+RETRY_AFTER_SECONDS = 60  # after a failed metrics write, keep metrics in memory this long
+
+
+class StoreError(Exception):
+    """The tracking store stopped answering in the middle of a run (exit code 1)."""
 
 
 def _mlflow():
@@ -138,18 +150,30 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class Run:
-    """A thin handle on one open MLflow run."""
+    """A thin handle on one open MLflow run.
+
+    Metrics survive a store that stops answering for a while: they wait in memory and go out
+    with the next write that succeeds (the run's final `flush` included). Every other write
+    that fails raises StoreError naming the store."""
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri, self.id = tracking_uri, run_id
         self._client = _client(tracking_uri)
+        self._pending: list = []  # metrics not yet written
+        self._quiet_until = 0.0
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - MlflowException, connection errors, disk errors
+            raise StoreError(f"the MLflow store at {self.tracking_uri} failed while {what} for run {self.id} ({type(e).__name__}: {str(e)[:120]}...)") from None
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
-            self._client.log_batch(self.id, params=items[i : i + 100])
+            self._call("logging params", self._client.log_batch, self.id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         import time
@@ -157,22 +181,42 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self._client.log_batch(self.id, metrics=items[i : i + 500])
+        self._pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        if time.monotonic() >= self._quiet_until:
+            self.flush(strict=False)
+
+    def flush(self, strict: bool = True) -> None:
+        """Write the metrics waiting in memory. strict: raise StoreError if the store still
+        fails; otherwise keep them and retry after RETRY_AFTER_SECONDS."""
+        import sys
+        import time
+
+        while self._pending:
+            batch = self._pending[:500]
+            try:
+                self._client.log_batch(self.id, metrics=batch)
+            except Exception as e:  # noqa: BLE001
+                if strict:
+                    raise StoreError(f"the MLflow store at {self.tracking_uri} does not answer; {len(self._pending)} metric values of run {self.id} were not recorded ({type(e).__name__})") from None
+                if not self._quiet_until:
+                    print(f"\nwarning: the MLflow store at {self.tracking_uri} does not answer; metrics wait in memory and go out when it does", file=sys.stderr, flush=True)
+                self._quiet_until = time.monotonic() + RETRY_AFTER_SECONDS
+                return
+            del self._pending[: len(batch)]
+            self._quiet_until = 0.0
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self._client.set_tag(self.id, k, str(v))
+            self._call("setting tags", self._client.set_tag, self.id, k, str(v))
 
     def log_dict(self, obj: dict, artifact_file: str) -> None:
-        self._client.log_dict(self.id, obj, artifact_file)
+        self._call(f"writing {artifact_file}", self._client.log_dict, self.id, obj, artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._client.log_text(self.id, text, artifact_file)
+        self._call(f"writing {artifact_file}", self._client.log_text, self.id, text, artifact_file)
 
     def log_file(self, local_path: Path | str, artifact_path: str | None = None) -> None:
-        self._client.log_artifact(self.id, str(local_path), artifact_path)
+        self._call(f"storing {Path(local_path).name}", self._client.log_artifact, self.id, str(local_path), artifact_path)
 
 
 def _process_tags() -> dict[str, str]:
@@ -219,14 +263,19 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, 
         run = Run(tracking_uri, created.info.run_id)
     try:
         yield run
+        run.flush()
     except KeyboardInterrupt:
-        client.set_terminated(run.id, "KILLED")
+        with contextlib.suppress(Exception):
+            run.flush(strict=False)
+            client.set_terminated(run.id, "KILLED")
         raise
     except BaseException:
-        client.set_terminated(run.id, "FAILED")
+        with contextlib.suppress(Exception):  # a store that is gone cannot record the failure
+            run.flush(strict=False)
+            client.set_terminated(run.id, "FAILED")
         raise
     else:
-        client.set_terminated(run.id, "FINISHED")
+        run._call("ending the run", client.set_terminated, run.id, "FINISHED")
 
 
 def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:

@@ -278,3 +278,67 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_file_under_the_real_na
         module.save_checkpoint(tmp_path / "last.pt", model, spec, ["a", "b", "c"], {})
     assert good.read_bytes() == before  # the previous last.pt is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- the store goes away mid-run
+
+
+class FlakyClient:
+    """An MLflow client whose store answers or not, as the test says."""
+
+    def __init__(self):
+        self.up, self.written = True, []
+
+    def log_batch(self, run_id, metrics=(), params=()):
+        if not self.up:
+            raise ConnectionError("Connection refused")
+        self.written += [(m.key, m.step) for m in metrics]
+
+
+def flaky_run(monkeypatch):
+    from fsx import tracking
+
+    run = tracking.Run.__new__(tracking.Run)
+    run.tracking_uri, run.id, run._client, run._pending, run._quiet_until = "http://store", "r1", FlakyClient(), [], 0.0
+    monkeypatch.setattr(tracking, "RETRY_AFTER_SECONDS", 0)
+    return run
+
+
+def test_metrics_wait_in_memory_while_the_store_is_down_and_go_out_in_order(monkeypatch, capsys):
+    run = flaky_run(monkeypatch)
+    run.log_metrics({"loss": 1.0}, step=1)
+    run._client.up = False
+    run.log_metrics({"loss": 0.9}, step=2)
+    run.log_metrics({"loss": 0.8}, step=3)
+    assert run._client.written == [("loss", 1)] and len(run._pending) == 2
+    assert "metrics wait in memory" in capsys.readouterr().err
+    run._client.up = True
+    run.log_metrics({"loss": 0.7}, step=4)
+    assert run._client.written == [("loss", s) for s in (1, 2, 3, 4)] and not run._pending
+
+
+def test_a_store_still_down_at_the_end_fails_the_run_with_one_message(monkeypatch):
+    from fsx.tracking import StoreError
+
+    run = flaky_run(monkeypatch)
+    run._client.up = False
+    run.log_metrics({"loss": 0.9}, step=2)
+    with pytest.raises(StoreError, match="does not answer; 1 metric values of run r1 were not recorded"):
+        run.flush()
+
+
+def test_a_checkpoint_the_store_cannot_take_is_kept_in_the_run_directory(tmp_path, monkeypatch):
+    from fsx.run import wiring
+    from fsx.tracking import StoreError
+
+    class DeadRun:
+        def log_file(self, path, artifact_path=None):
+            raise StoreError("the MLflow store at http://store failed while storing model.pt for run r1 (ConnectionError)")
+
+    monkeypatch.setattr(wiring, "output_dir", lambda: tmp_path / "run")
+    made = tmp_path / "tmp" / "model.pt"
+    made.parent.mkdir()
+    made.write_bytes(b"weights")
+    with pytest.raises(StoreError, match="the checkpoint is kept at .*run/checkpoints/model.pt"):
+        wiring.log_checkpoint(DeadRun(), made)
+    assert (tmp_path / "run" / "checkpoints" / "model.pt").read_bytes() == b"weights"

@@ -12,7 +12,7 @@ from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.models.heads import predictor_spec
 from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, sample_task, score
-from fsx.run.wiring import adapt_recipe, adapt_settings, recorded_run, run_config
+from fsx.run.wiring import adapt_recipe, adapt_settings, log_checkpoint, recorded_run, run_config
 
 
 def adapt(cfg) -> dict:
@@ -45,7 +45,7 @@ def adapt(cfg) -> dict:
         spec.update(num_classes=len(task.class_ids), detector={**spec["detector"], **predictor_spec(model)})
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
-            run.log_file(path, "checkpoints")
+            log_checkpoint(run, path)
 
     stopped = f"; early stopping fired at step {result.stopped_at} (rolled back to {result.rolled_back_to})" if result.stopped_at else ""
     scored = f"; test-test AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f}" if metrics else ""

@@ -22,7 +22,7 @@ from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
 from fsx.models.heads import frozen_norm_layers
 from fsx.run.checks import check_pretrain
-from fsx.run.wiring import benchmark_split, new_model_spec, output_dir, plain, recorded_run, resumed_config
+from fsx.run.wiring import benchmark_split, log_checkpoint, new_model_spec, output_dir, plain, recorded_run, resumed_config
 
 
 def budget(cfg, algorithm) -> int:
@@ -180,7 +180,7 @@ def pretrain(cfg) -> dict:
             run.log_metrics({f"val/{k}": v for k, v in val.items() if k in SUMMARY_STATS}, step=last)
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id, **algorithm.checkpoint_extras())
-            run.log_file(path, "checkpoints")
+            log_checkpoint(run, path)
         last_path.unlink(missing_ok=True)  # finished: the run's artifact is the checkpoint now
 
     scored = f"; base AP50 {val['AP50']:.3f} (AP {val['AP']:.3f}) on {len(val_set)} held-out training images" if val else ""

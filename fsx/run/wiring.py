@@ -201,3 +201,17 @@ def recorded_run(
             with contextlib.suppress(Exception):
                 run.set_tags({"fsx.error": f"{type(e).__name__}: {e}"[:5000]})
             raise
+
+
+def log_checkpoint(run: tracking.Run, path: Path) -> None:
+    """Store a final checkpoint in the run; if the store fails, keep the file in the run
+    directory and say where, so the training is not lost with the connection."""
+    import shutil
+
+    try:
+        run.log_file(path, "checkpoints")
+    except tracking.StoreError as e:
+        kept = output_dir() / "checkpoints" / path.name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, kept)
+        raise tracking.StoreError(f"{e}; the checkpoint is kept at {kept.resolve()}") from None
