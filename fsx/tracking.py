@@ -379,7 +379,8 @@ def newest_runs_by_tag(tracking_uri: str, experiment: str, command: str, tag: st
     )
     newest: dict[str, str] = {}
     for run in runs:
-        newest.setdefault(run.data.tags.get(tag, ""), run.info.run_id)
+        if tag in run.data.tags:  # a sweep's parent run has no algorithm of its own
+            newest.setdefault(run.data.tags[tag], run.info.run_id)
     return newest
 
 
