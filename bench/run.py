@@ -217,6 +217,7 @@ def main() -> None:
         compare("train step tiny: A batch 8, B batch 16 (per image)", train_fn(tiny, 8, device), train_fn(tiny, 16, device), device, args.repeats, 8, 16, "s/image"),
         compare("train step tiny b16: A FCOS, B RetinaNet", train_fn(tiny, 16, device), train_fn(tiny, 16, device, detector=RETINANET), device, args.repeats, unit="s/step"),
         compare("train step tiny b16: A FCOS, B Faster R-CNN", train_fn(tiny, 16, device), train_fn(tiny, 16, device, detector=FASTER_RCNN), device, args.repeats, unit="s/step"),
+        compare("train step tiny b16: A FCOS, B SSD", train_fn(tiny, 16, device), train_fn(tiny, 16, device, detector={"name": "ssd"}), device, args.repeats, unit="s/step"),
         compare("Faster R-CNN step b16: A torchvision RoIAlign, B grid", train_fn(tiny, 16, device, detector=FASTER_RCNN), train_fn(tiny, 16, device, detector={**FASTER_RCNN, "roi_align": "grid"}), device, args.repeats, unit="s/step"),
         compare("step b16, 1 thread, denormal weights: A kept, B flushed", denormal_fn(False, device), denormal_fn(True, device), device, args.repeats, unit="s/step"),
         compare("train step tiny b16: A contiguous, B channels_last", train_fn(tiny, 16, device, memory_format=torch.contiguous_format), train_fn(tiny, 16, device, memory_format=torch.channels_last), device, args.repeats, unit="s/step"),
