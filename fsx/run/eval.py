@@ -62,10 +62,12 @@ def evaluate(cfg) -> dict:
             clock = {"start": time.monotonic(), "scoring": 0.0}  # adaptation seconds exclude scoring
 
             def on_milestone(step: int, model, r=r, task=task, clock=clock) -> None:
-                adapt_seconds = time.monotonic() - clock["start"] - clock["scoring"]
+                adapt_seconds = 0.0 if step == 0 else time.monotonic() - clock["start"] - clock["scoring"]
                 scoring = time.monotonic()
                 metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold))
                 clock["scoring"] += time.monotonic() - scoring
+                if step == 0:  # adaptation time counts from the first step
+                    clock["start"], clock["scoring"] = time.monotonic(), 0.0
                 rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, "adapt_seconds": round(adapt_seconds, 3), **metrics})
                 run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS}, step=step)
 
