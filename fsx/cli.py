@@ -25,7 +25,7 @@ app = typer.Typer(
         "adapts, every run recorded in MLflow (default store: sqlite:///mlflow.db here).\n\n"
         "Arguments are Hydra overrides (key=value, group=option); -m sweeps over comma lists.\n\n"
         "\b\n"
-        "  fsx pretrain                                # letters fold 1, tiny RetinaNet, CPU\n"
+        "  fsx pretrain                                # letters fold 1, tiny FCOS, CPU\n"
         "  fsx adapt checkpoint=runs:/<id> shots=5     # 5-way 5-shot on the novel letters\n"
         "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
