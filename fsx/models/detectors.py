@@ -102,14 +102,14 @@ def _transform_args(spec: dict) -> dict:
     return {"min_size": size, "max_size": size, "image_mean": list(spec["image_mean"]), "image_std": list(spec["image_std"])}
 
 
-def _dense_postprocess_args(det: dict, nms: float) -> dict:
+def _dense_postprocess_args(det: dict, nms: float, topk: int = 1000) -> dict:
     """Score threshold, NMS and detection counts of a one-stage detector (0.05: FCOS's own
     default of 0.2 cuts recall and lowers AP)."""
     return {
         "score_thresh": det.get("score_thresh", 0.05),
         "nms_thresh": det.get("nms_thresh", nms),
         "detections_per_img": det.get("detections_per_img", 100),
-        "topk_candidates": det.get("topk_candidates", 1000),
+        "topk_candidates": det.get("topk_candidates", topk),
     }
 
 
@@ -225,12 +225,9 @@ def _ssd(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
         image_mean=list(spec["image_mean"]),
         image_std=list(spec["image_std"]),
         head=head,
-        score_thresh=det.get("score_thresh", 0.05),
-        nms_thresh=det.get("nms_thresh", 0.45),
-        detections_per_img=det.get("detections_per_img", 100),
         iou_thresh=det.get("iou_thresh", 0.5),
-        topk_candidates=det.get("topk_candidates", 400),
         positive_fraction=det.get("positive_fraction", 0.25),
+        **_dense_postprocess_args(det, nms=0.45, topk=400),
     )
 
 
