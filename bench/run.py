@@ -7,21 +7,31 @@ so that machine noise hits both, and reports the median seconds of each and B/A.
 On a CUDA machine it adds bf16 autocast vs fp32. A second table gives the peak memory of a
 meta-iteration (MAML, FOMAML, ANIL at 1, 2 and 5 inner steps): peak CUDA memory on a GPU,
 peak resident memory above the start on a CPU (each measured in a forked process).
+A third table measures the data layer at COCO scale against its aims (load + fold split of
+a generated COCO-size annotation file, peak resident memory, sampling one 5-way 5-shot task);
+`python bench/run.py --scale-only` runs that table alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from fsx.algorithms.episodes import Episode
 from fsx.algorithms.maml import MAML
 from fsx.algorithms.reptile import Reptile
+from fsx.data.coco import CocoSet
+from fsx.data.folds import Fold, split_by_fold
+from fsx.data.shots import choose_classes, sample_shots
 from fsx.engine.device import autocast, flush_denormals, resolve_device
 from fsx.engine.loop import train_step
 from fsx.models.detectors import build_detector
@@ -195,12 +205,121 @@ def compare(name: str, a, b, device, repeats: int, per_a: float = 1.0, per_b: fl
     return {"comparison": name, "A": ma, "B": mb, "B/A": mb / ma, "unit": unit}
 
 
+# The 80 COCO 2017 detection categories (id, name); ids are not contiguous.
+COCO_CATEGORIES = [
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
+    (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"),
+    (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"),
+    (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
+    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
+    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"),
+    (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"), (54, "sandwich"),
+    (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"), (60, "donut"), (61, "cake"),
+    (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"), (67, "dining table"), (70, "toilet"), (72, "tv"),
+    (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
+    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
+    (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+]
+# The 20 PASCAL VOC classes under their COCO names: the novel classes of the usual COCO few-shot split.
+VOC_IN_COCO = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "boat", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "bottle", "chair", "couch", "potted plant", "dining table", "tv",
+)
+COCO_VOC_FOLD = Fold("coco", 0, tuple(n for _, n in COCO_CATEGORIES if n not in VOC_IN_COCO), VOC_IN_COCO)
+SCALE_AIMS = {"load_s": 60.0, "peak_rss_gb": 4.0, "task_ms": 50.0}  # issue 7
+
+
+def write_coco_size(path: Path, images: int = 118_287, seed: int = 0) -> int:
+    """A COCO train2017-size annotation file: `images` 640x480 images (ids drawn like COCO's,
+    not contiguous) with 1-15 boxes each (mean 7.3, ~860k in all), classes skewed so that
+    'person' is the most common (a 1/rank law over the 80 categories, person first), and the
+    annotation list in random order as in COCO's own file. No segmentation polygons. Returns
+    the number of boxes."""
+    rng = np.random.default_rng(seed)
+    image_ids = np.sort(rng.choice(600_000, size=images, replace=False)) + 1
+    counts = 1 + rng.binomial(14, 0.448, size=images)
+    n = int(counts.sum())
+    ranks = np.concatenate([[0], 1 + rng.permutation(len(COCO_CATEGORIES) - 1)])
+    weights = 1.0 / (1 + ranks)
+    cats = np.array([c for c, _ in COCO_CATEGORIES])[rng.choice(len(COCO_CATEGORIES), size=n, p=weights / weights.sum())]
+    w, h = rng.uniform(4, 400, n), rng.uniform(4, 300, n)
+    x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
+    owner = np.repeat(image_ids, counts)
+    order = rng.permutation(n)
+    with open(path, "w") as f:
+        f.write('{"info": {"description": "fsx bench: COCO-size synthetic"}, "images": [')
+        f.write(",".join(f'{{"id": {i}, "file_name": "{i:012d}.jpg", "width": 640, "height": 480}}' for i in image_ids.tolist()))
+        f.write('], "categories": [')
+        f.write(",".join(json.dumps({"id": c, "name": name}) for c, name in COCO_CATEGORIES))
+        f.write('], "annotations": [')
+        for start in range(0, n, 100_000):
+            part = order[start : start + 100_000]
+            rows = zip((part + 1).tolist(), owner[part].tolist(), cats[part].tolist(), x[part].tolist(), y[part].tolist(), w[part].tolist(), h[part].tolist())
+            f.write(("," if start else "") + ",".join(
+                f'{{"id": {k}, "image_id": {i}, "category_id": {c}, "bbox": [{bx:.2f}, {by:.2f}, {bw:.2f}, {bh:.2f}], "area": {bw * bh:.2f}, "iscrowd": 0}}'
+                for k, i, c, bx, by, bw, bh in rows
+            ))
+        f.write("]}")
+    return n
+
+
+def scale_child(path: str, tasks: int = 50) -> None:
+    """Load + fold split + `tasks` sampled 5-way 5-shot tasks in this (fresh) process; prints
+    the timings and the peak resident memory as one JSON line."""
+    start_kb = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    source = CocoSet.load(path)
+    t1 = time.perf_counter()
+    split = split_by_fold(source, COCO_VOC_FOLD, seed=0)
+    t2 = time.perf_counter()
+    times = []
+    for seed in range(tasks):
+        t = time.perf_counter()
+        sample_shots(split.test_adapt, choose_classes(list(COCO_VOC_FOLD.novel), 5, seed), 5, seed)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({
+        "load_s": t1 - t0, "split_s": t2 - t1, "peak_rss_gb": _status_kb("VmHWM") / 2**20, "start_rss_gb": start_kb / 2**20,
+        "first_task_ms": times[0] * 1e3, "task_ms": statistics.median(times) * 1e3,
+        "sizes": {"train": len(split.train), "test_adapt": len(split.test_adapt), "test_test": len(split.test_test)},
+    }))
+
+
+def scale_table() -> None:
+    """Generates the COCO-size file in a temp dir and measures it in a fresh Python process
+    (nothing else loaded: the peak resident memory is the data layer's plus the imports')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "instances_train_synthetic.json"
+        t = time.perf_counter()
+        boxes = write_coco_size(path)
+        written = time.perf_counter() - t
+        result = subprocess.run([sys.executable, __file__, "--scale-of", str(path)], capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"the scale measurement failed:\n{result.stderr[-2000:]}")
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    sizes = ", ".join(f"{k} {v}" for k, v in r["sizes"].items())
+    print(f"\ndata at COCO scale: 118,287 images, {boxes:,} boxes, 80 classes, fold novel = the 20 VOC classes (file written in {written:.0f} s)")
+    print(f"split: {sizes} images\n")
+    print(f"{'measure':<50} {'measured':>10} {'aim':>10}")
+    print(f"{'load (CocoSet.load), s':<50} {r['load_s']:>10.1f}")
+    print(f"{'fold split (split_by_fold), s':<50} {r['split_s']:>10.1f}")
+    print(f"{'load + fold split, s':<50} {r['load_s'] + r['split_s']:>10.1f} {'<= ' + str(int(SCALE_AIMS['load_s'])):>10}")
+    print(f"{'peak resident memory, GB (' + format(r['start_rss_gb'], '.2f') + ' GB at start)':<50} {r['peak_rss_gb']:>10.2f} {'<= ' + str(int(SCALE_AIMS['peak_rss_gb'])):>10}")
+    print(f"{'first 5-way 5-shot task (indexes the pool), ms':<50} {r['first_task_ms']:>10.1f}")
+    print(f"{'5-way 5-shot task on test_adapt, median of 50, ms':<50} {r['task_ms']:>10.1f} {'<= ' + str(int(SCALE_AIMS['task_ms'])):>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--scale-only", action="store_true", help="only the COCO-scale data table")
     parser.add_argument("--memory-of", nargs=2, metavar=("VARIANT", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--scale-of", metavar="ANNOTATIONS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_of:
+        return scale_child(args.scale_of)
+    if args.scale_only:
+        return scale_table()
     flush_denormals()
     device = resolve_device(args.device)
     if args.memory_of:
@@ -237,6 +356,7 @@ def main() -> None:
     for steps in (1, 2, 5):
         f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
+    scale_table()
 
 
 if __name__ == "__main__":
