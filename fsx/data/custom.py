@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fsx.data.coco import CocoSet
 from fsx.data.folds import Fold
+from fsx.data.merge import merge_sets
 from fsx.data.voc import read_voc
 from fsx.data.yolo import read_yolo
 from fsx.errors import UsageError
@@ -17,7 +18,31 @@ FORMATS = ("voc", "coco", "yolo")
 TOLERANCE = 1.0  # pixels a box may reach past the image border
 
 
-def load_custom(format: str, path: str | None = None, annotations: str | None = None, images: str | None = None, image_set: str | None = None) -> CocoSet:
+def load_custom(format: str, path=None, annotations=None, images=None, image_set: str | None = None, prefix: bool | None = None) -> CocoSet:
+    """The user's dataset; lists of folders (or of annotation files and image folders) are
+    merged into one, with each folder's name before its class names unless prefix=false."""
+    paths, annotation_files, image_folders = _listed(path), _listed(annotations), _listed(images)
+    count = max(len(paths), len(annotation_files), 1)
+    if count == 1:
+        return _load_one(format, paths[0] if paths else None, annotation_files[0] if annotation_files else None, image_folders[0] if image_folders else None, image_set)
+    if format == "coco" and len(annotation_files) != len(image_folders):
+        raise UsageError(f"dataset.annotations lists {len(annotation_files)} files but dataset.images {len(image_folders)} folders: give one image folder per annotation file")
+    parts = []
+    for k in range(count):
+        part = _load_one(format, paths[k] if paths else None, annotation_files[k] if annotation_files else None, image_folders[k] if image_folders else None, image_set)
+        where = paths[k] if paths else annotation_files[k]
+        name = Path(where).expanduser().resolve().name if paths else Path(where).stem
+        parts.append((name, part))
+    return merge_sets(parts, prefix=True if prefix is None else bool(prefix))
+
+
+def _listed(value) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _load_one(format: str, path: str | None, annotations: str | None, images: str | None, image_set: str | None) -> CocoSet:
     if format == "voc":
         if not path:
             raise UsageError("dataset=custom dataset.format=voc needs dataset.path=<the folder with the VOC XML files>")

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from fsx.data.classes import same_class_names
 from fsx.data.coco import CocoSet
 from fsx.errors import UsageError
 
@@ -38,6 +39,9 @@ def letters_fold(index: int) -> Fold:
     return Fold("letters", index, tuple(c for c in LETTERS if c not in novel), novel)
 
 
+RT_RULE = "test iff the image holds a novel object; train keeps base boxes, test novel boxes; test 50/50"
+
+
 @dataclasses.dataclass
 class Split:
     fold: Fold
@@ -45,6 +49,7 @@ class Split:
     train: CocoSet
     test_adapt: CocoSet
     test_test: CocoSet
+    rule: str = RT_RULE
 
     def manifest(self) -> dict:
         return {
@@ -54,7 +59,7 @@ class Split:
             "base_classes": list(self.fold.base),
             "novel_classes": list(self.fold.novel),
             "split_seed": self.seed,
-            "rule": "test iff the image holds a novel object; train keeps base boxes, test novel boxes; test 50/50",
+            "rule": self.rule,
             "train": {"images": len(self.train), "hash": self.train.content_hash()},
             "test_adapt": {"image_ids": self.test_adapt.image_ids, "hash": self.test_adapt.content_hash()},
             "test_test": {"image_ids": self.test_test.image_ids, "hash": self.test_test.content_hash()},
@@ -62,23 +67,85 @@ class Split:
 
 
 def split_by_fold(source: CocoSet, fold: Fold, seed: int) -> Split:
+    """The Reptile thesis's rule (PROTOCOLS 2.5) on one pooled source."""
     base_ids = [source.category_id(c) for c in fold.base]
     novel_ids = [source.category_id(c) for c in fold.novel]
     novel = set(novel_ids)
     test_ids = [i for i in source.image_ids if source.image_categories(i) & novel]
     test_set = set(test_ids)
     train_ids = [i for i in source.image_ids if i not in test_set]
-    order = np.random.default_rng(seed).permutation(len(test_ids))
-    half = (len(test_ids) + 1) // 2
-    adapt_ids = sorted(test_ids[i] for i in order[:half])
-    test_test_ids = sorted(test_ids[i] for i in order[half:])
-    return Split(
+    adapt_ids, test_test_ids = halves(test_ids, seed)
+    split = Split(
         fold=fold,
         seed=seed,
         train=source.restrict(train_ids, base_ids),
         test_adapt=source.restrict(adapt_ids, novel_ids),
         test_test=source.restrict(test_test_ids, novel_ids),
     )
+    return checked(split, source, novel)
+
+
+def halves(image_ids: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """A seeded 50/50 split (the first half gets the odd one), each half in id order."""
+    order = np.random.default_rng(seed).permutation(len(image_ids))
+    half = (len(image_ids) + 1) // 2
+    return sorted(image_ids[i] for i in order[:half]), sorted(image_ids[i] for i in order[half:])
+
+
+def split_across(train_source: CocoSet, train_ids: list[int], test_source: CocoSet, fold: Fold, seed: int, rule: str) -> Split:
+    """Base training on one dataset, novel classes from another (FS-COCO2VOC): `train_ids`
+    of `train_source` keep their base boxes; all of `test_source` is split 50/50."""
+    base_ids = [train_source.category_id(c) for c in fold.base]
+    novel_ids = [test_source.category_id(c) for c in fold.novel]
+    test_ids = [i for i in test_source.image_ids if test_source.image_categories(i) & set(novel_ids)]
+    adapt_ids, test_test_ids = halves(test_ids, seed)
+    split = Split(fold, seed, train_source.restrict(train_ids, base_ids), test_source.restrict(adapt_ids, novel_ids), test_source.restrict(test_test_ids, novel_ids), rule)
+    novel_names = set().union(*(same_class_names(c) for c in fold.novel))
+    return checked(split, train_source, {c["id"] for c in train_source.categories if c["name"] in novel_names})
+
+
+def split_generalized(train_source: CocoSet, test_source: CocoSet, fold: Fold) -> Split:
+    """TFA's protocol (PROTOCOLS 2.1, 2.10): base training on the train source's images with
+    only base boxes (novel objects stay as unannotated background; images left with no box
+    are dropped); K-shot sets are sampled from the whole train source, all classes kept; the
+    official test set, all classes, is scored."""
+    base_ids = [train_source.category_id(c) for c in fold.base]
+    all_ids = base_ids + [train_source.category_id(c) for c in fold.novel]
+    kept = [i for i in train_source.image_ids if train_source.image_categories(i) & set(base_ids)]
+    test_ids = [test_source.category_id(c) for c in fold.base + fold.novel]
+    rule = "train: the train source's base boxes (images without one dropped); shots: sampled from the train source, all classes; test: the official test set, all classes"
+    split = Split(fold, 0, train_source.restrict(kept, base_ids), train_source.restrict(None, all_ids), test_source.restrict(None, test_ids), rule)
+    return checked(split, train_source, {train_source.category_id(c) for c in fold.novel})
+
+
+def split_own(source: CocoSet, fold: Fold) -> Split:
+    """Every class novel (cross-dataset adaptation): shots come from the dataset's own
+    training split and scoring uses its test split (valid when it has none), as the readers
+    marked them (an image's "split"). A dataset without marked splits is halved by the
+    50/50 rule instead, with the split seed."""
+    novel_ids = [source.category_id(c) for c in fold.novel]
+    by_split: dict[str, list[int]] = {}
+    for i in source.image_ids:
+        by_split.setdefault(str(source.image(i).get("split", "")), []).append(i)
+    scored = next((s for s in ("test", "valid", "val") if by_split.get(s)), None)
+    if scored is None or not by_split.get("train"):
+        return split_by_fold(source, fold, 0)
+    rule = f"every class novel: shots from the dataset's train split, scored on its {scored} split"
+    return Split(fold, 0, source.restrict([]), source.restrict(by_split["train"], novel_ids), source.restrict(by_split[scored], novel_ids), rule)
+
+
+def checked(split: Split, source: CocoSet, novel_ids: set[int]) -> Split:
+    """Leakage guard, asserted rather than assumed: base training holds no novel box, and
+    (under the thesis's rule) no image of the source where a novel object appears."""
+    train_categories = {a["category_id"] for i in split.train.image_ids for a in split.train.annotations(i)}
+    novel_names = {source.category_name(c) for c in novel_ids} & {source.category_name(c) for c in train_categories}
+    if novel_names:
+        raise AssertionError(f"base training would see novel boxes ({', '.join(sorted(novel_names))}): a bug in the split")
+    if split.rule == RT_RULE:
+        leaked = [i for i in split.train.image_ids if source.image_categories(i) & novel_ids]
+        if leaked:
+            raise AssertionError(f"{len(leaked)} training images show novel objects under the thesis's rule: a bug in the split")
+    return split
 
 
 def hold_out(source: CocoSet, count: int, seed: int) -> tuple[CocoSet, CocoSet]:

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
+from fsx.data.choices import RECORD_MODES
 from fsx.data.coco import CocoSet
 from fsx.errors import UsageError
 
@@ -38,8 +39,18 @@ class Task:
             "file_names": [self.support.image(i)["file_name"] for i in self.support.image_ids],
             "images_per_class": per_class,
             "boxes": len(self.support.coco["annotations"]),
+            "boxes_per_class": {name: sum(1 for a in self.support.coco["annotations"] if a["category_id"] == cid) for cid, name in zip(self.class_ids, self.class_names)},
             "hash": self.support.content_hash(),
+            **({"instances": self.instances()} if self.sampler != "image_level" else {}),
         }
+
+    def instances(self) -> list[dict]:
+        """Every chosen box: its image, class and [x, y, w, h] (the exact K-shot set)."""
+        names = dict(zip(self.class_ids, self.class_names))
+        return [
+            {"image": self.support.image(a["image_id"])["file_name"], "class": names[a["category_id"]], "bbox": [round(v, 2) for v in a["bbox"]]}
+            for a in self.support.coco["annotations"]
+        ]
 
 
 def choose_classes(class_names: list[str], ways: int, seed: int) -> list[str]:
@@ -79,3 +90,80 @@ def sample_shots(pool: CocoSet, class_names: list[str], shots: int, seed: int, e
             chosen.append(free[i])
     support = pool.restrict(sorted(chosen), class_ids)
     return Task(class_ids, list(class_names), shots, seed, support, sampler="image_level")
+
+
+
+def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: int, records: str = "merged", pool_name: str = "adaptation pool") -> Task:
+    """TFA's instance-level sampler (PROTOCOLS 3.2-3.4): exactly K boxes of each class.
+
+    Each class walks its own seeded order of the pool's images (seeded by the sample seed and
+    the class, so a class's shots do not depend on the other classes of the task) and grows
+    its set one instance at a time, K = 1, 2, ...: an image joins when all its boxes of the
+    class still fit; when none fits, the next image joins with only as many of its boxes as
+    are missing, chosen with a seed (TFA's loader truncates unseeded: the hole closed here).
+    So the 2-shot set holds the 1-shot set, and so on (nested). Boxes of the class that were
+    not chosen stay unannotated in that image, as in TFA. Crowd boxes never count.
+
+    records: `merged`, one entry per image with the chosen boxes of every task class; or
+    `per_class`, TFA's own form, one entry per (class, image) holding only that class's boxes.
+    """
+    if shots < 1:
+        raise UsageError(f"shots={shots}: a task needs at least one instance per class")
+    if records not in RECORD_MODES:
+        raise UsageError(f"sample_records={records}: choose one of {', '.join(RECORD_MODES)}")
+    class_ids = [pool.category_id(n) for n in class_names]
+    picked = {cid: nested_instances(pool, cid, shots, seed, pool_name) for cid in class_ids}
+    return instance_task(pool, class_ids, list(class_names), shots, seed, picked, records, "instance_level")
+
+
+def nested_instances(pool: CocoSet, category_id: int, shots: int, seed: int, pool_name: str = "adaptation pool") -> list[tuple[int, list[int]]]:
+    """[(image id, [annotation ids of the class chosen in it])], exactly `shots` boxes."""
+    boxes = {i: [a["id"] for a in pool.annotations(i) if a["category_id"] == category_id and not a.get("iscrowd", 0)] for i in pool.images_with(category_id)}
+    images = [i for i in boxes if boxes[i]]
+    available = sum(len(b) for b in boxes.values())
+    if available < shots:
+        raise UsageError(f"shots={shots} is more than the {pool_name} holds: class '{pool.category_name(category_id)}' has {available} boxes there")
+    order = [images[k] for k in np.random.default_rng([seed, category_id]).permutation(len(images))]
+    chosen: list[tuple[int, list[int]]] = []
+    total = 0
+    for k in range(1, shots + 1):
+        need = k - total
+        for position, image_id in enumerate(order):
+            if len(boxes[image_id]) <= need:
+                break
+        else:  # no whole image fits: part of the next one, its boxes chosen with a seed
+            position, image_id = 0, order[0]
+        taken = boxes[image_id]
+        if len(taken) > need:
+            keep = np.random.default_rng([seed, category_id, k]).choice(len(taken), size=need, replace=False)
+            taken = [taken[j] for j in sorted(keep)]
+        chosen.append((image_id, taken))
+        total += len(taken)
+        del order[position]
+    return chosen
+
+
+def instance_task(pool: CocoSet, class_ids: list[int], class_names: list[str], shots: int, seed: int, picked: dict[int, list[tuple[int, list[int]]]], records: str, sampler: str) -> Task:
+    """A `Task` whose support holds exactly the picked boxes of each class."""
+    by_id = {}
+    for cid, items in picked.items():
+        for image_id, ann_ids in items:
+            wanted = set(ann_ids)
+            by_id.update({a["id"]: a for a in pool.annotations(image_id) if a["id"] in wanted})
+    images, annotations = [], []
+    if records == "merged":
+        order: dict[int, list[int]] = {}
+        for cid in class_ids:
+            for image_id, ann_ids in picked[cid]:
+                order.setdefault(image_id, []).extend(ann_ids)
+        for image_id in sorted(order):
+            images.append(pool.image(image_id))
+            annotations += [by_id[a] for a in order[image_id]]
+    else:
+        for cid in class_ids:
+            for image_id, ann_ids in picked[cid]:
+                record = {**pool.image(image_id), "id": len(images) + 1, "source_image_id": image_id}
+                images.append(record)
+                annotations += [{**by_id[a], "image_id": record["id"]} for a in ann_ids]
+    coco = {"images": images, "annotations": annotations, "categories": [c for c in pool.categories if c["id"] in set(class_ids)]}
+    return Task(class_ids, class_names, shots, seed, CocoSet(coco, pool.image_root), sampler=sampler)

@@ -129,11 +129,34 @@ def _image_size(image: Path, xml: Path) -> tuple[int, int]:
     return width, height
 
 
+SPLIT_NAMES = ("train", "val", "valid", "test")
+
+
+def _split_of(root: Path):
+    """Which of the dataset's own splits an image is in: the VOCdevkit image sets train, val
+    and test when they exist, else a train/val/valid/test folder on the image's path (as in
+    `images/train/x.jpg`); "" when neither says."""
+    member: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        listing = root / "ImageSets" / "Main" / f"{split}.txt"
+        if listing.is_file():
+            member.update({line.split()[0]: split for line in listing.read_text().splitlines() if line.strip()})
+
+    def split_of(xml: Path, relative: str) -> str:
+        if member:
+            return member.get(xml.stem, "")
+        return next((part for part in reversed(Path(relative).parent.parts) if part.lower() in SPLIT_NAMES), "").lower()
+
+    return split_of
+
+
 def _as_coco(records, names: list[str], root: Path, name: str) -> CocoSet:
     category = {n: i + 1 for i, n in enumerate(names)}
     images, annotations, dropped = [], [], []
+    split_of = _split_of(root)
     for image_id, (image, width, height, objects, xml) in enumerate(records, start=1):
-        images.append({"id": image_id, "file_name": image.relative_to(root).as_posix(), "width": width, "height": height})
+        relative = image.relative_to(root).as_posix()
+        images.append({"id": image_id, "file_name": relative, "width": width, "height": height, "split": split_of(xml, relative)})
         for label, x0, y0, x1, y1, difficult, truncated, degenerate in objects:
             if degenerate:
                 dropped.append(xml.name)

@@ -31,7 +31,7 @@ def _class_names(config: dict, where: Path) -> list[str]:
     return [str(n) for n in names]
 
 
-def _image_folders(config: dict, root: Path, image_set: str | None) -> list[Path]:
+def _image_folders(config: dict, root: Path, image_set: str | None) -> list[tuple[str, Path]]:
     folders = []
     for split in SPLITS:
         entry = config.get(split)
@@ -41,7 +41,7 @@ def _image_folders(config: dict, root: Path, image_set: str | None) -> list[Path
             # Roboflow writes paths relative to the yaml ("../train/images"); accept both readings
             for candidate in (root / item, root / str(item).removeprefix("../"), Path(item)):
                 if candidate.is_dir():
-                    folders.append(candidate.resolve())
+                    folders.append((split, candidate.resolve()))
                     break
             else:
                 raise UsageError(f"{root / 'data.yaml'}: the {split} folder {item} does not exist")
@@ -61,7 +61,7 @@ def read_yolo(root: Path | str, image_set: str | None = None, name: str | None =
         raise UsageError(f"{config_file} is not valid YAML: {e}") from None
     names = _class_names(config, config_file)
     images, annotations, dropped = [], [], 0
-    for folder in _image_folders(config, root, image_set):
+    for split, folder in _image_folders(config, root, image_set):
         labels = folder.parent / "labels"
         for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             try:
@@ -70,7 +70,7 @@ def read_yolo(root: Path | str, image_set: str | None = None, name: str | None =
             except OSError as e:
                 raise UsageError(f"{image} cannot be read as an image: {e}") from None
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": image.relative_to(root.resolve()).as_posix() if image.is_relative_to(root.resolve()) else str(image), "width": width, "height": height})
+            images.append({"id": image_id, "file_name": image.relative_to(root.resolve()).as_posix() if image.is_relative_to(root.resolve()) else str(image), "width": width, "height": height, "split": split})
             label_file = labels / f"{image.stem}.txt"
             lines = label_file.read_text().splitlines() if label_file.is_file() else []
             for number, line in enumerate(lines, start=1):

@@ -11,7 +11,7 @@ from fsx.engine.checkpoint import save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.models.heads import predictor_spec
-from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, sample_task, score
+from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, pretrained_classes, sample_task, score, task_options
 from fsx.run.wiring import adapt_recipe, adapt_settings, log_checkpoint, recorded_run, run_config
 
 
@@ -19,7 +19,7 @@ def adapt(cfg) -> dict:
     device = resolve_device(cfg.device)
     source = load_source(cfg)
     settings = adapt_settings(cfg, source.payload)
-    task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
+    task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed), **task_options(cfg))
     seed_everything(cfg.seed)
     classifier = (adapt_recipe(cfg, source.payload) or {}).get("classifier")
     model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg), classifier=classifier)
@@ -44,7 +44,7 @@ def adapt(cfg) -> dict:
         spec = dict(source.payload["model_spec"])
         spec.update(num_classes=len(task.class_ids), detector={**spec["detector"], **predictor_spec(model)})
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest())
+            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest(), pretrained_classes=pretrained_classes(source.payload))
             log_checkpoint(run, path)
 
     stopped = f"; early stopping fired at step {result.stopped_at} (rolled back to {result.rolled_back_to})" if result.stopped_at else ""

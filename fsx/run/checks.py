@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fsx.data.choices import RECORD_MODES, SAMPLERS
 from fsx.errors import UsageError
 
 
@@ -26,6 +27,12 @@ def check_adapt(cfg) -> None:
         raise UsageError(f"ways={cfg.ways}: a task needs at least one class")
     if cfg.shots < 1:
         raise UsageError(f"shots={cfg.shots}: a task needs at least one image per class")
+    if cfg.sampler not in SAMPLERS:
+        raise UsageError(f"sampler={cfg.sampler}: choose one of {', '.join(SAMPLERS)}")
+    if cfg.sample_records not in RECORD_MODES:
+        raise UsageError(f"sample_records={cfg.sample_records}: choose one of {', '.join(RECORD_MODES)}")
+    if cfg.sample_lists and not Path(str(cfg.sample_lists)).expanduser().is_dir():
+        raise UsageError(f"sample_lists={cfg.sample_lists}: no such folder (give the vocsplit/ or cocosplit/ folder of published K-shot lists)")
     a = cfg.adapt
     if a.steps < 0:
         raise UsageError(f"adapt.steps={a.steps} must be >= 0")

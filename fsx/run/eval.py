@@ -26,7 +26,7 @@ from fsx.evaluation.plots import curve_png, repeats_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
-from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score
+from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score, task_options
 from fsx.run.wiring import adapt_recipe, adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
@@ -40,11 +40,11 @@ def evaluate(cfg) -> dict:
     settings = adapt_settings(cfg, source.payload)
     classifier = (adapt_recipe(cfg, source.payload) or {}).get("classifier")
     settings.steps = milestones[-1]  # adapt as far as the last milestone
-    first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed))
+    first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed), **task_options(cfg))
     direct = is_adapted_to(source.payload, first.class_names)
     repeats = 1 if direct else int(cfg.eval.repeats)
     # every task is drawn before any work, so a seed the pool cannot serve fails at once
-    tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1) for r in range(2, repeats + 1)]
+    tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1, **task_options(cfg)) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
     tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}

@@ -7,10 +7,14 @@ import dataclasses
 import torch
 
 from fsx import tracking
+from fsx.data.choices import SAMPLERS
+from fsx.data.classes import same_class_names
 from fsx.data.coco import DetectionDataset
 from fsx.data.folds import Split
-from fsx.data.shots import Task, choose_classes, sample_shots
+from fsx.data.published import published_task
+from fsx.data.shots import Task, choose_classes, sample_instances, sample_shots
 from fsx.engine.checkpoint import load_model, read_checkpoint
+from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import detection_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.heads import num_classes, reset_class_head
@@ -30,12 +34,49 @@ def load_source(cfg) -> Source:
     path, run_id = tracking.resolve_checkpoint(cfg.checkpoint, cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     payload = read_checkpoint(path)
     dataset = dataset_for_checkpoint(cfg, payload.get("config"))
-    return Source(payload, str(cfg.checkpoint), run_id, dataset, benchmark_split(dataset))
+    split = benchmark_split(dataset)
+    if not cfg.allow_seen_classes:
+        refuse_seen_classes(payload, split, str(cfg.checkpoint))
+    return Source(payload, str(cfg.checkpoint), run_id, dataset, split)
 
 
-def sample_task(split: Split, ways: int, shots: int, task_seed: int) -> Task:
+def pretrained_classes(payload: dict) -> list[str]:
+    """The classes whose boxes the checkpoint's pretraining saw."""
+    if "pretrained_classes" in payload:
+        return list(payload["pretrained_classes"])
+    return list(payload.get("classes", [])) if payload.get("kind") == "pretrain" else []
+
+
+def refuse_seen_classes(payload: dict, split: Split, reference: str) -> None:
+    """Leakage guard: a checkpoint pretrained on boxes of a class this benchmark calls novel
+    would make its few-shot numbers meaningless (a VOC 'sofa' is a COCO 'couch')."""
+    seen = set(pretrained_classes(payload))
+    overlap = [c for c in split.fold.novel if same_class_names(c) & seen]
+    if overlap:
+        raise UsageError(
+            f"checkpoint={reference} was pretrained on boxes of {', '.join(overlap[:8])}{' ...' if len(overlap) > 8 else ''}, "
+            f"novel classes of {split.fold.dataset} fold {split.fold.index}: its few-shot results there would not be few-shot. "
+            "Pretrain without them, or add allow_seen_classes=true to do it anyway"
+        )
+
+
+def sample_task(split: Split, ways: int, shots: int, task_seed: int, sampler: str = "image", lists: str | None = None, records: str = "merged") -> Task:
+    """A task of `ways` novel classes (all of them, in fold order, when ways equals their
+    number) with its K-shot support set drawn from test-adapt: M*K images (image), exactly K
+    boxes per class (instance), or the published list of sample seed `task_seed` (lists)."""
     classes = choose_classes(list(split.fold.novel), ways, task_seed)
+    if lists:
+        return published_task(split.test_adapt, lists, classes, shots, task_seed, records)
+    if sampler == "instance":
+        return sample_instances(split.test_adapt, classes, shots, task_seed, records)
+    if sampler != "image":
+        raise UsageError(f"sampler={sampler}: choose one of {', '.join(SAMPLERS)}")
     return sample_shots(split.test_adapt, classes, shots, task_seed)
+
+
+def task_options(cfg) -> dict:
+    """The sampler keys of the config, for `sample_task`."""
+    return {"sampler": str(cfg.sampler), "lists": cfg.sample_lists, "records": str(cfg.sample_records)}
 
 
 def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None, classifier: dict | None = None) -> torch.nn.Module:

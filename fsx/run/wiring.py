@@ -11,9 +11,11 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from fsx import tracking
+from fsx.data import benchmarks
+from fsx.data.benchmarks import BENCHMARKS
 from fsx.data.coco import CocoSet
 from fsx.data.custom import custom_fold, load_custom
-from fsx.data.folds import Split, letters_fold, split_by_fold
+from fsx.data.folds import Split, letters_fold, split_by_fold, split_own
 from fsx.data.letters import LettersSpec, letters_cache
 from fsx.engine.finetune import OPTIMIZERS, AdaptSettings
 from fsx.errors import UsageError
@@ -37,10 +39,14 @@ def benchmark_split(dataset: dict) -> Split:
         root = letters_cache(LettersSpec(**dataset["generator"]), Path(dataset["cache_dir"]))
         source = CocoSet.load(root / "annotations.json", root)
     elif name == "custom":
-        source = load_custom(dataset["format"], dataset.get("path"), dataset.get("annotations"), dataset.get("images"), dataset.get("image_set"))
+        source = load_custom(dataset["format"], dataset.get("path"), dataset.get("annotations"), dataset.get("images"), dataset.get("image_set"), dataset.get("prefix"))
         fold = custom_fold(source, dataset.get("novel"))
+        if not fold.base:
+            return split_own(source, fold)
+    elif name in BENCHMARKS:
+        return benchmarks.benchmark_split(dataset)
     else:
-        raise UsageError(f"dataset={name} is not available yet; choose letters or custom")
+        raise UsageError(f"dataset={name}: choose letters, custom or one of {', '.join(BENCHMARKS)}")
     return split_by_fold(source, fold, int(dataset["split_seed"]))
 
 

@@ -1,0 +1,4 @@
+"""The data layer's named choices, importable without torch (the CLI checks them first)."""
+
+SAMPLERS = ("image", "instance")  # sampler=: M*K images (Reptile thesis) | exactly K boxes per class (TFA)
+RECORD_MODES = ("merged", "per_class")  # sample_records=: one entry per image | TFA's one per (class, image)
