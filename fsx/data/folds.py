@@ -45,7 +45,7 @@ RT_RULE = "test iff the image holds a novel object; train keeps base boxes, test
 @dataclasses.dataclass
 class Split:
     fold: Fold
-    seed: int
+    seed: int | None  # the 50/50 split's seed; None where the protocol splits by fixed lists
     train: CocoSet
     test_adapt: CocoSet
     test_test: CocoSet
@@ -114,7 +114,7 @@ def split_generalized(train_source: CocoSet, test_source: CocoSet, fold: Fold) -
     kept = [i for i in train_source.image_ids if train_source.image_categories(i) & set(base_ids)]
     test_ids = [test_source.category_id(c) for c in fold.base + fold.novel]
     rule = "train: the train source's base boxes (images without one dropped); shots: sampled from the train source, all classes; test: the official test set, all classes"
-    split = Split(fold, 0, train_source.restrict(kept, base_ids), train_source.restrict(None, all_ids), test_source.restrict(None, test_ids), rule)
+    split = Split(fold, None, train_source.restrict(kept, base_ids), train_source.restrict(None, all_ids), test_source.restrict(None, test_ids), rule)
     return checked(split, train_source, {train_source.category_id(c) for c in fold.novel})
 
 
@@ -131,7 +131,7 @@ def split_own(source: CocoSet, fold: Fold) -> Split:
     if scored is None or not by_split.get("train"):
         return split_by_fold(source, fold, 0)
     rule = f"every class novel: shots from the dataset's train split, scored on its {scored} split"
-    return Split(fold, 0, source.restrict([]), source.restrict(by_split["train"], novel_ids), source.restrict(by_split[scored], novel_ids), rule)
+    return Split(fold, None, source.restrict([]), source.restrict(by_split["train"], novel_ids), source.restrict(by_split[scored], novel_ids), rule)
 
 
 def checked(split: Split, source: CocoSet, novel_ids: set[int]) -> Split:

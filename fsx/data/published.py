@@ -13,6 +13,7 @@ seed, class, K), so the same list always gives the same boxes; the task manifest
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def published_task(pool: CocoSet, folder: Path | str, class_names: list[str], sh
     seed_folder = folder if seed == 0 else folder / f"seed{seed}"
     if not seed_folder.is_dir():
         raise UsageError(f"sample_lists={folder}: no folder for sample seed {seed} ({seed_folder}); seed 0 is the folder itself, seed N its seed<N>/")
-    by_stem = {Path(pool.image(i)["file_name"]).stem: i for i in pool.image_ids}
+    by_stem: dict[str, list[int]] = {}
+    for i in pool.image_ids:
+        by_stem.setdefault(Path(pool.image(i)["file_name"]).stem, []).append(i)
     class_ids = [pool.category_id(n) for n in class_names]
     picked = {}
     for cid, name in zip(class_ids, class_names):
@@ -42,16 +45,21 @@ def published_task(pool: CocoSet, folder: Path | str, class_names: list[str], sh
     return instance_task(pool, class_ids, list(class_names), shots, seed, picked, records, f"published:{folder.name}")
 
 
-def _voc_list(pool: CocoSet, path: Path, category_id: int, shots: int, seed: int, by_stem: dict[str, int]) -> list[tuple[int, list[int]]]:
+def _voc_list(pool: CocoSet, path: Path, category_id: int, shots: int, seed: int, by_stem: dict[str, list[int]]) -> list[tuple[int, list[int]]]:
     boxes = []
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
-        stem = Path(line.strip()).stem
-        if stem not in by_stem:
-            raise UsageError(f"{path}: image {stem} is not in the pool the shots are sampled from")
-        image_id = by_stem[stem]
+        listed = Path(line.strip())
+        found = by_stem.get(listed.stem, [])
+        if len(found) > 1:  # the same name in two folders: match the folder the list names
+            found = [i for i in found if Path(pool.image(i)["file_name"]).parent.name == listed.parent.name] or found
+        if len(found) != 1:
+            raise UsageError(f"{path}: image {listed} is {'not in' if not found else 'ambiguous in'} the pool the shots are sampled from")
+        image_id = found[0]
         boxes += [(image_id, a["id"]) for a in pool.annotations(image_id) if a["category_id"] == category_id]
+    if len(boxes) < shots:
+        print(f"warning: {path} lists {len(boxes)} boxes of its class, fewer than its {shots} shots", file=sys.stderr, flush=True)
     if len(boxes) > shots:
         keep = np.random.default_rng([seed, category_id, shots]).choice(len(boxes), size=shots, replace=False)
         boxes = [boxes[k] for k in sorted(keep)]

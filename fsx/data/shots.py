@@ -22,6 +22,7 @@ class Task:
     seed: int
     support: CocoSet  # the sampled images, with only the task classes' boxes
     sampler: str
+    base: list[str] = dataclasses.field(default_factory=list)  # the task's base classes (generalized setting)
 
     def manifest(self) -> dict:
         per_class = {
@@ -30,6 +31,7 @@ class Task:
         }
         return {
             "kind": "task",
+            "setting": "generalized" if self.base else "novel only",
             "sampler": self.sampler,
             "ways": len(self.class_ids),
             "shots": self.shots,
@@ -98,10 +100,10 @@ def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: in
 
     Each class walks its own seeded order of the pool's images (seeded by the sample seed and
     the class, so a class's shots do not depend on the other classes of the task) and grows
-    its set one instance at a time, K = 1, 2, ...: an image joins when all its boxes of the
-    class still fit; when none fits, the next image joins with only as many of its boxes as
-    are missing, chosen with a seed (TFA's loader truncates unseeded: the hole closed here).
-    So the 2-shot set holds the 1-shot set, and so on (nested). Boxes of the class that were
+    its set along TFA's shot counts 1, 2, 3, 5, 10, 30 (`nested_instances`), so the 2-shot set
+    holds the 1-shot set, and so on. An image joins with all its boxes of the class when they
+    fit; when none fits, only the missing boxes of the next image are kept, chosen with a seed
+    (TFA's VOC loader truncates unseeded: the hole closed here). Boxes of the class that were
     not chosen stay unannotated in that image, as in TFA. Crowd boxes never count.
 
     records: `merged`, one entry per image with the chosen boxes of every task class; or
@@ -116,31 +118,55 @@ def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: in
     return instance_task(pool, class_ids, list(class_names), shots, seed, picked, records, "instance_level")
 
 
+SHOT_LADDER = (1, 2, 3, 5, 10, 30)  # TFA's shot counts: the sets are nested along them
+
+
 def nested_instances(pool: CocoSet, category_id: int, shots: int, seed: int, pool_name: str = "adaptation pool") -> list[tuple[int, list[int]]]:
-    """[(image id, [annotation ids of the class chosen in it])], exactly `shots` boxes."""
+    """[(image id, [annotation ids of the class chosen in it])], exactly `shots` boxes.
+
+    The set grows along TFA's ladder 1, 2, 3, 5, 10, 30 up to `shots` (K = 4 continues
+    from the 3-shot set): each step walks the class's seeded image order and takes every
+    image whose boxes of the class all fit in what is missing; if that leaves some missing,
+    the next image gives only as many boxes as are missing, chosen with a seed, and its
+    other boxes wait as leftovers for later steps.
+    """
     boxes = {i: [a["id"] for a in pool.annotations(i) if a["category_id"] == category_id and not a.get("iscrowd", 0)] for i in pool.images_with(category_id)}
     images = [i for i in boxes if boxes[i]]
     available = sum(len(b) for b in boxes.values())
     if available < shots:
         raise UsageError(f"shots={shots} is more than the {pool_name} holds: class '{pool.category_name(category_id)}' has {available} boxes there")
-    order = [images[k] for k in np.random.default_rng([seed, category_id]).permutation(len(images))]
-    chosen: list[tuple[int, list[int]]] = []
+    remaining = [images[k] for k in np.random.default_rng([seed, category_id]).permutation(len(images))]
+    chosen: dict[int, list[int]] = {}
+    leftover: dict[int, list[int]] = {}
     total = 0
-    for k in range(1, shots + 1):
-        need = k - total
-        for position, image_id in enumerate(order):
+    for target in [k for k in SHOT_LADDER if k < shots] + [shots]:
+        need = target - total
+        position = 0
+        while need and position < len(remaining):
+            image_id = remaining[position]
             if len(boxes[image_id]) <= need:
-                break
-        else:  # no whole image fits: part of the next one, its boxes chosen with a seed
-            position, image_id = 0, order[0]
-        taken = boxes[image_id]
-        if len(taken) > need:
-            keep = np.random.default_rng([seed, category_id, k]).choice(len(taken), size=need, replace=False)
-            taken = [taken[j] for j in sorted(keep)]
-        chosen.append((image_id, taken))
-        total += len(taken)
-        del order[position]
-    return chosen
+                chosen[image_id] = list(boxes[image_id])
+                need -= len(boxes[image_id])
+                del remaining[position]
+            else:
+                position += 1
+        rng = np.random.default_rng([seed, category_id, target])
+        while need:  # no whole image fits: part of the next one (or of a leftover)
+            if remaining:
+                image_id = remaining.pop(0)
+                candidates = boxes[image_id]
+            else:
+                image_id = next(iter(leftover))
+                candidates = leftover.pop(image_id)
+            count = min(need, len(candidates))
+            picked = set(rng.choice(len(candidates), size=count, replace=False).tolist())
+            chosen.setdefault(image_id, []).extend(candidates[j] for j in sorted(picked))
+            rest = [candidates[j] for j in range(len(candidates)) if j not in picked]
+            if rest:
+                leftover[image_id] = rest
+            need -= count
+        total = target
+    return list(chosen.items())
 
 
 def instance_task(pool: CocoSet, class_ids: list[int], class_names: list[str], shots: int, seed: int, picked: dict[int, list[tuple[int, list[int]]]], records: str, sampler: str) -> Task:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -46,6 +47,18 @@ def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | Non
 
 
 SUMMARY_STATS = COCO_STATS + VOC_STATS + THRESHOLD_STATS  # what eval aggregates over repeats
+GROUP_STATS = ("bAP", "bAP50", "nAP", "nAP50")  # the generalized setting's, when there are base classes
+
+
+def group_metrics(metrics: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:
+    """AP and AP50 over a group of classes (`b`: base, `n`: novel) as COCOeval averages
+    them: the mean of the per-class values, classes without ground truth left out."""
+    out = {}
+    for prefix, names in groups.items():
+        for stat in ("AP", "AP50"):
+            values = [metrics[f"{stat}/{n}"] for n in names if not math.isnan(metrics.get(f"{stat}/{n}", float("nan")))]
+            out[f"{prefix}{stat}"] = float(np.mean(values)) if values else float("nan")
+    return out
 
 
 def detection_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None = None, score_threshold: float = 0.5) -> dict[str, float]:

@@ -83,8 +83,13 @@ def predictor_spec(model: nn.Module) -> dict:
     return {"classifier": "fc"}
 
 
-def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None = None, classifier: dict | None = None) -> None:
+def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None = None, classifier: dict | None = None, keep: list[int | None] | None = None) -> None:
     """Replace the class output layer with a fresh one for `num_classes` classes.
+
+    `keep` is checkpoint surgery (TFA's `randinit`): new class j starts from old class
+    keep[j]'s rows (class scores, and class boxes where they are class-specific) when that is
+    not None; the background rows are carried too; the other rows are fresh. A fully
+    connected stage-1 row becomes a cosine prototype as it is (its bias is dropped).
 
     RetinaNet/FCOS: a new class-logit conv at the 0.01 foreground prior; boxes are
     class-agnostic there, so the box branch is kept. Faster R-CNN: a new box predictor
@@ -92,6 +97,39 @@ def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Genera
     scores, N(0, 0.001) boxes, zero biases; of the kind `classifier` asks for
     ({"classifier": "fc" | "cos", "cosine_scale", "learn_scale"}), else of the same kind.
     """
+    before = _class_rows(model)
+    _fresh_class_head(model, num_classes, generator, classifier)
+    if keep is not None:
+        if len(keep) != num_classes:
+            raise ValueError(f"keep names {len(keep)} classes for a head of {num_classes}")
+        with torch.no_grad():
+            for (old_w, old_b, anchors, rows, background), (new_w, new_b, *_) in zip(before, _class_rows(model)):
+                old_k = old_w.shape[0] // anchors // rows - background
+                for a in range(anchors):
+                    pairs = [(b, b) for b in range(background)] + [(background + j, background + k) for j, k in enumerate(keep) if k is not None]
+                    for new_slot, old_slot in pairs:
+                        n0 = (a * (num_classes + background) + new_slot) * rows
+                        o0 = (a * (old_k + background) + old_slot) * rows
+                        new_w[n0 : n0 + rows] = old_w[o0 : o0 + rows].reshape(new_w[n0 : n0 + rows].shape)
+                        if new_b is not None and old_b is not None:
+                            new_b[n0 : n0 + rows] = old_b[o0 : o0 + rows]
+
+
+def _class_rows(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]]:
+    """The layers whose output rows are per class: (weight, bias, anchors, rows per class,
+    background slots) with output row (a * (K + background) + slot) * rows + i."""
+    if isinstance(model, FasterRCNN):
+        p = model.roi_heads.box_predictor
+        return [(p.cls_score.weight, p.cls_score.bias, 1, 1, 1), (p.bbox_pred.weight, p.bbox_pred.bias, 1, 4, 1)]
+    if isinstance(model, SSD):
+        head = model.head.classification_head
+        layers = [level[-1] if isinstance(level, nn.Sequential) else level for level in head.module_list]
+        return [(c.weight, c.bias, c.out_channels // head.num_columns, 1, 1) for c in layers]
+    head = model.head.classification_head
+    return [(head.cls_logits.weight, head.cls_logits.bias, head.num_anchors, 1, 0)]
+
+
+def _fresh_class_head(model: nn.Module, num_classes: int, generator: torch.Generator | None, classifier: dict | None) -> None:
     if isinstance(model, FasterRCNN):
         old = model.roi_heads.box_predictor
         new = box_predictor(old.cls_score.in_features, num_classes, classifier or predictor_spec(model))

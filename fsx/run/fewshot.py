@@ -15,7 +15,7 @@ from fsx.data.published import published_task
 from fsx.data.shots import Task, choose_classes, sample_instances, sample_shots
 from fsx.engine.checkpoint import load_model, read_checkpoint
 from fsx.errors import UsageError
-from fsx.evaluation.coco_metrics import detection_metrics
+from fsx.evaluation.coco_metrics import detection_metrics, group_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.heads import num_classes, reset_class_head
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
@@ -60,23 +60,37 @@ def refuse_seen_classes(payload: dict, split: Split, reference: str) -> None:
         )
 
 
-def sample_task(split: Split, ways: int, shots: int, task_seed: int, sampler: str = "image", lists: str | None = None, records: str = "merged") -> Task:
+def sample_task(split: Split, ways: int, shots: int, task_seed: int, sampler: str = "image", lists: str | None = None, records: str = "merged", generalized: bool = False) -> Task:
     """A task of `ways` novel classes (all of them, in fold order, when ways equals their
     number) with its K-shot support set drawn from test-adapt: M*K images (image), exactly K
-    boxes per class (instance), or the published list of sample seed `task_seed` (lists)."""
+    boxes per class (instance), or the published list of sample seed `task_seed` (lists).
+    `generalized` (TFA's G-FSOD) puts every base class first in the task, with K shots too."""
     classes = choose_classes(list(split.fold.novel), ways, task_seed)
+    base: list[str] = []
+    if generalized:
+        base = list(split.fold.base)
+        held = {c["name"] for c in split.test_adapt.categories}
+        if not base or not set(base) <= held:
+            raise UsageError(
+                f"generalized=true needs base-class shots, but the shot pool (test-adapt) of {split.fold.dataset} holds no "
+                "base-class boxes: use a benchmark that samples shots from the training images (voc_tfa, coco_tfa)"
+            )
+        classes = base + classes
     if lists:
-        return published_task(split.test_adapt, lists, classes, shots, task_seed, records)
-    if sampler == "instance":
-        return sample_instances(split.test_adapt, classes, shots, task_seed, records)
-    if sampler != "image":
+        task = published_task(split.test_adapt, lists, classes, shots, task_seed, records)
+    elif sampler == "instance":
+        task = sample_instances(split.test_adapt, classes, shots, task_seed, records)
+    elif sampler == "image":
+        task = sample_shots(split.test_adapt, classes, shots, task_seed)
+    else:
         raise UsageError(f"sampler={sampler}: choose one of {', '.join(SAMPLERS)}")
-    return sample_shots(split.test_adapt, classes, shots, task_seed)
+    task.base = base
+    return task
 
 
 def task_options(cfg) -> dict:
     """The sampler keys of the config, for `sample_task`."""
-    return {"sampler": str(cfg.sampler), "lists": cfg.sample_lists, "records": str(cfg.sample_records)}
+    return {"sampler": str(cfg.sampler), "lists": cfg.sample_lists, "records": str(cfg.sample_records), "generalized": bool(cfg.generalized)}
 
 
 def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, reset: bool | None = None, classifier: dict | None = None) -> torch.nn.Module:
@@ -87,10 +101,12 @@ def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, r
     `classifier` names (a TFA recipe's cosine classifier) or the checkpoint's own."""
     model = load_model(payload)
     if reset is None:
-        keeps_head = payload.get("adapt_head") == "keep" and num_classes(model) == len(task.class_ids)
+        keeps_head = payload.get("adapt_head") == "keep" and num_classes(model) == len(task.class_ids) and not task.base
         reset = not (is_adapted_to(payload, task.class_names) or keeps_head)
     if reset:
-        reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed), classifier=classifier)
+        known = {name: k for k, name in enumerate(payload["classes"])}
+        keep = [known.get(name) for name in task.class_names] if task.base else None  # TFA's surgery: base rows carried
+        reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed), classifier=classifier, keep=keep)
     return model.to(device)
 
 
@@ -115,8 +131,13 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
 
 
 def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5) -> dict[str, float]:
-    """COCO and VOC metrics on all of test-test, for the task's classes."""
+    """COCO and VOC metrics on all of test-test, for the task's classes; in the generalized
+    setting also over its base (bAP, bAP50) and novel (nAP, nAP50) classes."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
     results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
-    return detection_metrics(gt, results, task.class_ids, score_threshold)
+    metrics = detection_metrics(gt, results, task.class_ids, score_threshold)
+    if task.base:
+        novel = [n for n in task.class_names if n not in set(task.base)]
+        metrics.update(group_metrics(metrics, {"b": task.base, "n": novel}))
+    return metrics
