@@ -161,9 +161,13 @@ def test_tfa_from_the_command_line(tmp_path):
     assert stage2.returncode == 0, stage2.stderr
     full = fsx(["adapt", "checkpoint=latest:pretrain", "adapt.steps=3", "shots=2", "adapt.params=all"], tmp_path, env)
     assert full.returncode == 0, full.stderr
+    fc = fsx(["adapt", "checkpoint=latest:pretrain", "adapt.steps=3", "shots=2", "adapt.classifier=fc"], tmp_path, env)
+    assert fc.returncode == 0, fc.stderr
     adapted = client.search_runs([run.info.experiment_id], filter_string="tags.`fsx.command` = 'adapt'", order_by=["attributes.start_time ASC"])
     tags = [r.data.tags["fsx.adapt_optimizer"] for r in adapted]
-    assert tags == ["sgd lr 0.00025 momentum 0.9, trains class_head only", "sgd lr 0.00025 momentum 0.9"]
+    assert tags == ["sgd lr 0.00025 momentum 0.9, trains class_head only", "sgd lr 0.00025 momentum 0.9", "sgd lr 0.00025 momentum 0.9, trains class_head only"]
     final = read_checkpoint(client.download_artifacts(adapted[0].info.run_id, "checkpoints/model.pt", str(tmp_path / "dl")))
     assert final["model_spec"]["detector"]["classifier"] == "cos" and final["model_spec"]["num_classes"] == 5
+    with_fc = read_checkpoint(client.download_artifacts(adapted[2].info.run_id, "checkpoints/model.pt", str(tmp_path / "dl2")))
+    assert with_fc["model_spec"]["detector"]["classifier"] == "fc"  # adapt.classifier=fc: TFA w/fc
     assert math.isfinite(adapted[0].data.metrics["AP50"])

@@ -12,7 +12,7 @@ from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.models.heads import predictor_spec
 from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, pretrained_classes, sample_task, score, task_options
-from fsx.run.wiring import adapt_recipe, adapt_settings, log_checkpoint, recorded_run, run_config
+from fsx.run.wiring import adapt_classifier, adapt_settings, log_checkpoint, recorded_run, run_config
 
 
 def adapt(cfg) -> dict:
@@ -21,7 +21,7 @@ def adapt(cfg) -> dict:
     settings = adapt_settings(cfg, source.payload)
     task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed), **task_options(cfg))
     seed_everything(cfg.seed)
-    classifier = (adapt_recipe(cfg, source.payload) or {}).get("classifier")
+    classifier = adapt_classifier(cfg, source.payload)
     model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg), classifier=classifier)
     tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"

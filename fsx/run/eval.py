@@ -27,7 +27,7 @@ from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
 from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score, task_options
-from fsx.run.wiring import adapt_recipe, adapt_settings, recorded_run
+from fsx.run.wiring import adapt_classifier, adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
 
@@ -38,7 +38,7 @@ def evaluate(cfg) -> dict:
     source = load_source(cfg)
     milestones = checked_milestones(cfg)
     settings = adapt_settings(cfg, source.payload)
-    classifier = (adapt_recipe(cfg, source.payload) or {}).get("classifier")
+    classifier = adapt_classifier(cfg, source.payload)
     settings.steps = milestones[-1]  # adapt as far as the last milestone
     first = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed), **task_options(cfg))
     direct = is_adapted_to(source.payload, first.class_names)

@@ -64,6 +64,24 @@ def adapt_recipe(cfg, checkpoint: dict | None) -> dict | None:
     return (checkpoint or {}).get("adapt_recipe") if cfg.adapt.recipe == "auto" else None
 
 
+CLASSIFIER_CHOICES = ("auto", "fc", "cos")
+
+
+def adapt_classifier(cfg, checkpoint: dict | None) -> dict | None:
+    """The kind of fresh Faster R-CNN class head adaptation builds: adapt.classifier=auto
+    follows the checkpoint's recipe (TFA: cosine) or keeps the checkpoint's own kind; fc or
+    cos choose (the cosine scale comes from the recipe, else 20)."""
+    choice = str(cfg.adapt.classifier)
+    if choice not in CLASSIFIER_CHOICES:
+        raise UsageError(f"adapt.classifier={choice}: choose one of {', '.join(CLASSIFIER_CHOICES)}")
+    recipe = (adapt_recipe(cfg, checkpoint) or {}).get("classifier")
+    if choice == "auto":
+        return recipe
+    if choice == "fc":
+        return {"classifier": "fc"}
+    return {"classifier": "cos", "cosine_scale": float((recipe or {}).get("cosine_scale", 20.0)), "learn_scale": bool((recipe or {}).get("learn_scale", False))}
+
+
 def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
     """Adaptation settings from cfg.adapt; a Meta-SGD checkpoint's learned step sizes replace
     the optimiser unless adapt.learned_lr=false; a checkpoint's recipe (TFA stage 2) sets the
