@@ -418,6 +418,91 @@ def runs_clean(
     typer.echo(f"{marked} run(s) {'to mark' if dry_run else 'marked'} KILLED")
 
 
+data_app = typer.Typer(
+    help="Look at a dataset before training on it: counts per class and split, optimised folds, pictures with boxes. "
+    "OVERRIDES choose the dataset as for every verb (default: the letters, fold 1).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(data_app, name="data")
+DATA_ARGS = {"context_settings": PASS_THROUGH, "options_metavar": "[OPTIONS] [OVERRIDES]..."}
+
+
+def _data(command: str, *args) -> None:
+    """Run `fsx.run.data.<command>` and print what it returns; bad input exits 2."""
+    import importlib
+
+    try:
+        typer.echo(getattr(importlib.import_module("fsx.run.data"), command)(*args))
+    except UsageError as e:
+        _fail(str(e), e.exit_code)
+
+
+@data_app.command("stats", **DATA_ARGS)
+def data_stats(ctx: typer.Context, csv: str = typer.Option(None, "--csv", help="Also write the table to this CSV file.")) -> None:
+    """Images and boxes per class: in the whole source, and in the train / test-adapt / test-test
+    split the fold makes (base or novel marked; totals count distinct images). A custom dataset
+    without dataset.novel shows the source alone.
+
+    \b
+      fsx data stats                                   # the letters, fold 1
+      fsx data stats dataset=custom dataset.path=../shared/data/pinochle_cards dataset.novel=[queen,king] --csv cards.csv"""
+    _data("data_stats", list(ctx.args), csv)
+
+
+@data_app.command("folds", **DATA_ARGS)
+def data_folds(
+    ctx: typer.Context,
+    folds: int = typer.Option(4, "--folds", help="How many disjoint novel-class sets (equal sizes, differing by at most one)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random start and the annealing: the same seed, the same folds."),
+    iterations: int = typer.Option(10_000, "--iterations", help="At least this many moves (swaps of two classes between folds)."),
+    patience: int = typer.Option(5_000, "--patience", help="Then stop after this many moves without improvement."),
+    out: str = typer.Option("folds.yaml", "--out", help="Write the folds here as YAML (folds: {1: [classes], ...})."),
+) -> None:
+    """Partition the dataset's classes into novel sets that take as few images away from
+    training as possible: the Reptile thesis's fold optimisation (PROTOCOLS 2.6; simulated
+    annealing over the whole source). Prints the folds, the objective against the random start,
+    the share of each class's images each fold moves to test, and the override for fold 1.
+
+    \b
+      fsx data folds dataset=custom dataset.path=../shared/data/pinochle_cards --folds 3
+      fsx pretrain dataset=custom dataset.path=../shared/data/pinochle_cards dataset.novel=[ace,king]"""
+    _data("data_folds", list(ctx.args), folds, seed, iterations, patience, out)
+
+
+@data_app.command("sample", **DATA_ARGS)
+def data_sample(
+    ctx: typer.Context,
+    out: str = typer.Option("shots.json", "--out", help="Write the manifests here (JSON: the split's and one per task)."),
+    repeats: int = typer.Option(1, "--repeats", help="Tasks to sample: task seeds task_seed .. task_seed + repeats - 1, as eval.repeats does."),
+) -> None:
+    """Sample K-shot support sets exactly as `fsx adapt` and `fsx eval` would (ways, shots,
+    task_seed, sampler, sample_lists, sample_records, generalized) and write their manifests:
+    every image and, for the instance sampler, every chosen box, with a content hash.
+
+    \b
+      fsx data sample sampler=instance shots=3 --repeats 10 --out letters-3shot.json
+      fsx data sample dataset=voc_tfa dataset.root=~/VOCdevkit task_seed=0 sample_lists=~/vocsplit shots=10"""
+    _data("data_sample", list(ctx.args), out, repeats)
+
+
+@data_app.command("show", **DATA_ARGS)
+def data_show(
+    ctx: typer.Context,
+    split: str = typer.Option("train", "--split", help="train | test_adapt | test_test | task (the support set `fsx adapt` samples: ways, shots, task_seed)."),
+    count: int = typer.Option(16, "--count", help="Draw the split's first N images."),
+    out: str = typer.Option(None, "--out", help="The PNG to write (default: data-<split>.png here)."),
+) -> None:
+    """Draw a split's first images with their boxes and class names into one PNG (train shows
+    base boxes only, test-adapt and test-test novel boxes only), or a sampled task's support set.
+
+    \b
+      fsx data show --split task ways=3 shots=2 task_seed=4 --out task.png
+      fsx data show dataset=custom dataset.path=../shared/data/bccd/BCCD dataset.novel=[WBC] --split test_adapt"""
+    _data("data_show", list(ctx.args), split, count, out)
+
+
 def main() -> None:
     try:
         app()

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from fsx.data.classes import VOC_CLASSES, VOC_TFA_SPLITS
 from fsx.evaluation.coco_metrics import group_metrics
 from fsx.models.detectors import build_detector, model_spec
-from fsx.models.heads import num_classes, reset_class_head
+from fsx.models.heads import class_rows, copy_class_rows, num_classes, reset_class_head
 
 FC = {"classifier": "fc"}
 COS = {"classifier": "cos", "cosine_scale": 20.0, "learn_scale": False}
@@ -66,6 +66,21 @@ def test_faster_rcnn_surgery_keeps_base_rows_and_background(classifier):
         assert torch.allclose(after[:, [0, 1, 2, 4]], before[:, [0, 3, 1, 2]])
     else:
         assert new.cls_score.bias is None  # cosine prototypes have no bias
+
+
+def test_combine_copies_novel_rows_and_leaves_base_rows_and_background():
+    """TFA's combine: the novel-only head's rows land in the novel slots, nothing else moves."""
+    torch.manual_seed(0)
+    model = build_detector(spec("fasterrcnn", 4))
+    novel = build_detector(spec("fasterrcnn", 2))
+    before = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    copy_class_rows(class_rows(novel), model, {2: 0, 3: 1}, background=False)
+    after = model.roi_heads.box_predictor.cls_score.weight
+    source = novel.roi_heads.box_predictor.cls_score.weight
+    assert torch.equal(after[:3], before[:3])  # background and base classes 0, 1
+    assert torch.equal(after[3], source[1]) and torch.equal(after[4], source[2])
+    boxes = model.roi_heads.box_predictor.bbox_pred.weight
+    assert torch.equal(boxes[12:20], novel.roi_heads.box_predictor.bbox_pred.weight[4:12])
 
 
 @pytest.mark.parametrize("detector", ["fcos", "retinanet"])
@@ -148,6 +163,14 @@ def test_tfa_generalized_end_to_end_on_voc_tfa(tmp_path):
     assert task["boxes_per_class"] == {c: 1 for c in base + novel}  # balanced K over base + novel
     # the test set is VOC2007 test, all 20 classes
     assert manifest["split"]["rule"].startswith("train: the train source's base boxes")
+
+    novel_init = fsx("eval", "checkpoint=latest:pretrain", "generalized=true", "sampler=instance", "shots=1", "eval.repeats=1", "eval.milestones=[0]", "adapt.init=novel", "adapt.init_steps=2")
+    assert novel_init.returncode == 0, novel_init.stderr[-3000:]
+    latest = client.search_runs([run.info.experiment_id], "tags.`fsx.command` = 'eval'", order_by=["attributes.start_time DESC"])[0]
+    assert latest.data.tags["fsx.head_init"].endswith("novel-only head trained 2 steps")
+    assert run.data.tags["fsx.head_init"] == "base rows from the checkpoint, novel rows random"
+    fsod = fsx("eval", "checkpoint=latest:pretrain", "adapt.init=novel")
+    assert fsod.returncode == 2 and "add generalized=true" in fsod.stderr
 
     letters = fsx("eval", "checkpoint=latest", "dataset=letters", "generalized=true", "allow_seen_classes=true")
     assert letters.returncode == 2 and "generalized=true needs base-class shots" in letters.stderr

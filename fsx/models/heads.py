@@ -102,17 +102,30 @@ def reset_class_head(model: nn.Module, num_classes: int, generator: torch.Genera
     if keep is not None:
         if len(keep) != num_classes:
             raise ValueError(f"keep names {len(keep)} classes for a head of {num_classes}")
-        with torch.no_grad():
-            for (old_w, old_b, anchors, rows, background), (new_w, new_b, *_) in zip(before, _class_rows(model)):
-                old_k = old_w.shape[0] // anchors // rows - background
-                for a in range(anchors):
-                    pairs = [(b, b) for b in range(background)] + [(background + j, background + k) for j, k in enumerate(keep) if k is not None]
-                    for new_slot, old_slot in pairs:
-                        n0 = (a * (num_classes + background) + new_slot) * rows
-                        o0 = (a * (old_k + background) + old_slot) * rows
-                        new_w[n0 : n0 + rows] = old_w[o0 : o0 + rows].reshape(new_w[n0 : n0 + rows].shape)
-                        if new_b is not None and old_b is not None:
-                            new_b[n0 : n0 + rows] = old_b[o0 : o0 + rows]
+        copy_class_rows(before, model, dict(enumerate(keep)), background=True)
+
+
+def class_rows(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]]:
+    """A detached copy of the model's per-class output rows, for `copy_class_rows`."""
+    return [(w.detach().clone(), None if b is None else b.detach().clone(), a, r, bg) for w, b, a, r, bg in _class_rows(model)]
+
+
+def copy_class_rows(source, model: nn.Module, mapping: dict[int, int | None], background: bool) -> None:
+    """Set the model's class j rows to class mapping[j]'s rows of `source` (a `class_rows`
+    list of a head of the same family), and its background rows too if asked. TFA's
+    `combine`: base rows from stage 1, novel rows from a novel-only predictor."""
+    with torch.no_grad():
+        for (old_w, old_b, anchors, rows, slots), (new_w, new_b, _, _, _) in zip(source, _class_rows(model)):
+            old_k = old_w.shape[0] // anchors // rows - slots
+            new_k = new_w.shape[0] // anchors // rows - slots
+            pairs = [(b, b) for b in range(slots if background else 0)] + [(slots + j, slots + k) for j, k in mapping.items() if k is not None]
+            for a in range(anchors):
+                for new_slot, old_slot in pairs:
+                    n0 = (a * (new_k + slots) + new_slot) * rows
+                    o0 = (a * (old_k + slots) + old_slot) * rows
+                    new_w[n0 : n0 + rows] = old_w[o0 : o0 + rows].reshape(new_w[n0 : n0 + rows].shape)
+                    if new_b is not None and old_b is not None:
+                        new_b[n0 : n0 + rows] = old_b[o0 : o0 + rows]
 
 
 def _class_rows(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]]:

@@ -11,7 +11,18 @@ from fsx.engine.checkpoint import save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.models.heads import predictor_spec
-from fsx.run.fewshot import adapt_tags, head_reset, load_source, model_for_task, pretrained_classes, sample_task, score, task_options
+from fsx.run.fewshot import (
+    adapt_tags,
+    head_reset,
+    init_tags,
+    load_source,
+    model_for_task,
+    novel_initialised,
+    pretrained_classes,
+    sample_task,
+    score,
+    task_options,
+)
 from fsx.run.wiring import adapt_classifier, adapt_settings, log_checkpoint, recorded_run, run_config
 
 
@@ -23,7 +34,9 @@ def adapt(cfg) -> dict:
     seed_everything(cfg.seed)
     classifier = adapt_classifier(cfg, source.payload)
     model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg), classifier=classifier)
-    tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    if cfg.adapt.init == "novel":
+        novel_initialised(model, task, settings, int(cfg.adapt.init_steps), device, int(cfg.seed), bool(cfg.amp), classifier)
+    tags = {**adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
     with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         run.log_dict({**task.manifest(), "split": source.split.manifest()}, "manifest.json")

@@ -34,6 +34,12 @@ def check_adapt(cfg) -> None:
     if cfg.sample_lists and not Path(str(cfg.sample_lists)).expanduser().is_dir():
         raise UsageError(f"sample_lists={cfg.sample_lists}: no such folder (give the vocsplit/ or cocosplit/ folder of published K-shot lists)")
     a = cfg.adapt
+    if a.init not in ("random", "novel"):
+        raise UsageError(f"adapt.init={a.init}: choose random (fresh novel rows) or novel (train a novel-only head first, TFA's COCO recipe)")
+    if a.init == "novel" and not cfg.generalized:
+        raise UsageError("adapt.init=novel is surgery for the generalized setting (base rows kept, novel rows trained first): add generalized=true")
+    if a.init_steps < 1:
+        raise UsageError(f"adapt.init_steps={a.init_steps} must be at least 1")
     if a.steps < 0:
         raise UsageError(f"adapt.steps={a.steps} must be >= 0")
     for key in ("batch_size", "window"):

@@ -26,7 +26,18 @@ from fsx.evaluation.plots import curve_png, repeats_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
-from fsx.run.fewshot import adapt_tags, head_reset, is_adapted_to, load_source, model_for_task, sample_task, score, task_options
+from fsx.run.fewshot import (
+    adapt_tags,
+    head_reset,
+    init_tags,
+    is_adapted_to,
+    load_source,
+    model_for_task,
+    novel_initialised,
+    sample_task,
+    score,
+    task_options,
+)
 from fsx.run.wiring import adapt_classifier, adapt_settings, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
@@ -47,7 +58,7 @@ def evaluate(cfg) -> dict:
     tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1, **task_options(cfg)) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
-    tags = {**adapt_tags(settings), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    tags = {**adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []
@@ -58,6 +69,8 @@ def evaluate(cfg) -> dict:
             manifests.append(task.manifest())
             seed_everything(int(cfg.seed) + r)
             model = model_for_task(source.payload, task, device, int(cfg.seed) + r, reset=head_reset(cfg, direct), classifier=classifier)
+            if cfg.adapt.init == "novel" and not direct:
+                novel_initialised(model, task, settings, int(cfg.adapt.init_steps), device, int(cfg.seed) + r, bool(cfg.amp), classifier)
 
             clock = {"start": time.monotonic(), "scoring": 0.0}  # adaptation seconds exclude scoring
 

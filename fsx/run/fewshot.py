@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -14,10 +15,11 @@ from fsx.data.folds import Split
 from fsx.data.published import published_task
 from fsx.data.shots import Task, choose_classes, sample_instances, sample_shots
 from fsx.engine.checkpoint import load_model, read_checkpoint
+from fsx.engine.finetune import adapt as fine_tune
 from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import detection_metrics, group_metrics
 from fsx.evaluation.predict import predict
-from fsx.models.heads import num_classes, reset_class_head
+from fsx.models.heads import class_rows, copy_class_rows, num_classes, reset_class_head
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
 
 
@@ -108,6 +110,30 @@ def model_for_task(payload: dict, task: Task, device: torch.device, seed: int, r
         keep = [known.get(name) for name in task.class_names] if task.base else None  # TFA's surgery: base rows carried
         reset_class_head(model, len(task.class_ids), generator=torch.Generator().manual_seed(seed), classifier=classifier, keep=keep)
     return model.to(device)
+
+
+def novel_initialised(model: torch.nn.Module, task: Task, settings, steps: int, device: torch.device, seed: int, amp: bool, classifier: dict | None = None) -> None:
+    """TFA's `remove` -> novel-only predictor -> `combine` (PROTOCOLS 4.6, "novel init", used
+    for COCO and LVIS): a copy of the model learns a head for the task's novel classes alone
+    on their shots, features frozen, for `steps` steps with the stage-2 optimiser; its rows
+    then become the novel rows of `model`'s head (whose base rows came from the checkpoint)."""
+    novel = [(cid, name) for cid, name in zip(task.class_ids, task.class_names) if name not in set(task.base)]
+    probe = copy.deepcopy(model)
+    reset_class_head(probe, len(novel), generator=torch.Generator().manual_seed(seed), classifier=classifier)
+    support = task.support.restrict(category_ids=[cid for cid, _ in novel])
+    novel_settings = dataclasses.replace(settings, steps=steps, params="class_head", learned_rates=None)
+    fine_tune(probe, DetectionDataset(support, [cid for cid, _ in novel]), novel_settings, device, seed=seed, amp=amp, desc="novel init")
+    first = len(task.class_ids) - len(novel)  # novel classes follow the base classes in a generalized task
+    copy_class_rows(class_rows(probe), model, {first + j: j for j in range(len(novel))}, background=False)
+
+
+def init_tags(cfg) -> dict[str, str]:
+    """How a generalized task's head began, as a tag."""
+    if not cfg.generalized:
+        return {}
+    if cfg.adapt.init == "novel":
+        return {"fsx.head_init": f"base rows from the checkpoint, novel rows from a novel-only head trained {int(cfg.adapt.init_steps)} steps"}
+    return {"fsx.head_init": "base rows from the checkpoint, novel rows random"}
 
 
 def adapt_tags(settings) -> dict[str, str]:

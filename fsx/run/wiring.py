@@ -33,21 +33,28 @@ def plain(cfg) -> dict:
 
 def benchmark_split(dataset: dict) -> Split:
     """The fold's train / test-adapt / test-test split of the configured dataset."""
+    if dataset["name"] in BENCHMARKS:
+        return benchmarks.benchmark_split(dataset)
+    source = dataset_source(dataset)
+    if dataset["name"] == "letters":
+        return split_by_fold(source, letters_fold(int(dataset["fold"])), int(dataset["split_seed"]))
+    fold = custom_fold(source, dataset.get("novel"))
+    if not fold.base:  # every class novel: the dataset's own train / test splits
+        return split_own(source, fold)
+    return split_by_fold(source, fold, int(dataset["split_seed"]))
+
+
+def dataset_source(dataset: dict) -> CocoSet:
+    """The whole of a letters or custom dataset, before any split."""
     name = dataset["name"]
     if name == "letters":
-        fold = letters_fold(int(dataset["fold"]))
         root = letters_cache(LettersSpec(**dataset["generator"]), Path(dataset["cache_dir"]))
-        source = CocoSet.load(root / "annotations.json", root)
-    elif name == "custom":
-        source = load_custom(dataset["format"], dataset.get("path"), dataset.get("annotations"), dataset.get("images"), dataset.get("image_set"), dataset.get("prefix"))
-        fold = custom_fold(source, dataset.get("novel"))
-        if not fold.base:
-            return split_own(source, fold)
-    elif name in BENCHMARKS:
-        return benchmarks.benchmark_split(dataset)
-    else:
-        raise UsageError(f"dataset={name}: choose letters, custom or one of {', '.join(BENCHMARKS)}")
-    return split_by_fold(source, fold, int(dataset["split_seed"]))
+        return CocoSet.load(root / "annotations.json", root)
+    if name == "custom":
+        return load_custom(dataset["format"], dataset.get("path"), dataset.get("annotations"), dataset.get("images"), dataset.get("image_set"), dataset.get("prefix"))
+    if name in BENCHMARKS:
+        raise UsageError(f"dataset={name} is read as its protocol's parts, not as one source")
+    raise UsageError(f"dataset={name}: choose letters, custom or one of {', '.join(BENCHMARKS)}")
 
 
 def new_model_spec(cfg, num_classes: int) -> dict:
