@@ -9,11 +9,15 @@
     voc_tfa     TFA's VOC splits 1-3: base training on 07+12 trainval, shots from it, the
                 VOC2007 test set scored (2.7)
     coco_tfa    TFA's COCO 60/20 split: COCO 2014 trainvalno5k and 5k (2.8)
+    lvis_tfa    TFA's LVIS split: frequent + common classes base, rare novel; fold 1 = LVIS
+                v0.5 (TFA's), fold 2 = v1; train on its train set, score its val set (2.9)
 
 Where the data lives (`dataset.root`; nothing is downloaded):
     VOC   <root>/VOC2007/{Annotations,JPEGImages,ImageSets/Main}, <root>/VOC2012/... (or <root>/VOCdevkit/...)
     COCO  <root>/annotations/instances_train2017.json, <root>/train2017/ (fs_coco, fs_coco2voc)
           <root>/cocosplit/datasplit/{trainvalno5k,5k}.json, <root>/{train2014,val2014}/ (coco_tfa)
+    LVIS  <root>/lvis_v0.5_{train,val}.json or lvis_v1_{train,val}.json (or under annotations/),
+          the COCO 2017 images in <root>/train2017/ and <root>/val2017/
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from fsx.data.merge import merge_sets
 from fsx.data.voc import read_voc
 from fsx.errors import UsageError
 
-BENCHMARKS = ("fs_voc", "fs_coco", "fs_coco2voc", "voc_tfa", "coco_tfa")
+BENCHMARKS = ("fs_voc", "fs_coco", "fs_coco2voc", "voc_tfa", "coco_tfa", "lvis_tfa")
+LVIS_VERSIONS = {1: "v0.5", 2: "v1"}
 VOC_POOL = (("VOC2007", "trainval"), ("VOC2007", "test"), ("VOC2012", "trainval"))  # FS-VOC, all VOC images
 VOC_TFA_TRAIN = (("VOC2007", "trainval"), ("VOC2012", "trainval"))
 VOC_TFA_TEST = (("VOC2007", "test"),)
@@ -61,6 +66,8 @@ def benchmark_fold(name: str, index: int) -> Fold:
     if name == "coco_tfa":
         _pick({1: None}, index, name)
         return Fold(name, index, COCO_TFA_BASE, COCO_TFA_NOVEL)
+    if name == "lvis_tfa":
+        raise UsageError("lvis_tfa's classes come from its annotation file: read them with benchmark_split")
     raise UsageError(f"dataset={name} is not a benchmark: choose one of {', '.join(BENCHMARKS)}")
 
 
@@ -75,6 +82,11 @@ def _pick(table: dict, index: int, name: str):
 def benchmark_split(dataset: dict) -> Split:
     """Read the benchmark's sources under dataset.root and split them as its protocol says."""
     name, index = dataset["name"], int(dataset["fold"])
+    if name == "lvis_tfa":
+        root = _root(dataset, "root")
+        version = _pick(LVIS_VERSIONS, index, name)
+        train, test = read_lvis(root, version, "train"), read_lvis(root, version, "val")
+        return split_generalized(train, test, lvis_fold(train, index))
     fold = benchmark_fold(name, index)
     seed = int(dataset.get("split_seed", 0))
     if name == "fs_voc":
@@ -135,6 +147,33 @@ def read_coco(root: Path, annotations: str, images: str) -> CocoSet:
     if missing:
         raise UsageError(f"{path}: not the 80 COCO classes ({', '.join(missing[:5])} missing)")
     return checked_coco(source, str(path))
+
+
+def read_lvis(root: Path, version: str, part: str) -> CocoSet:
+    """An LVIS annotation file; each image's file is found from its coco_url (LVIS uses the
+    COCO 2017 images: train2017/ or val2017/)."""
+    name = f"lvis_{version}_{part}.json"
+    path = next((p for p in (root / name, root / "annotations" / name) if p.is_file()), None)
+    if path is None:
+        raise UsageError(f"{root / name} does not exist (nor under annotations/): lvis_tfa reads LVIS {version}'s {part} annotations there")
+    source = CocoSet.load(path, root)
+    for image in source.coco["images"]:
+        if "coco_url" in image:
+            folder, file = image["coco_url"].rstrip("/").split("/")[-2:]
+            image["file_name"] = f"{folder}/{file}"
+        elif "file_name" not in image:
+            raise UsageError(f"{path}: image {image.get('id')} has neither coco_url nor file_name")
+    if any("frequency" not in c for c in source.categories):
+        raise UsageError(f"{path}: not LVIS annotations (its categories have no 'frequency')")
+    return checked_coco(source, str(path))
+
+
+def lvis_fold(source: CocoSet, index: int) -> Fold:
+    """LVIS's split by training-set frequency: frequent (f) + common (c) base, rare (r) novel."""
+    ordered = sorted(source.categories, key=lambda c: c["id"])
+    base = tuple(c["name"] for c in ordered if c["frequency"] in ("f", "c"))
+    novel = tuple(c["name"] for c in ordered if c["frequency"] == "r")
+    return Fold("lvis_tfa", index, base, novel)
 
 
 def coco2voc_train_images(coco: CocoSet, variant: str) -> list[int]:

@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fsx.data.coco import CocoSet
+from fsx.evaluation.lvis_metrics import LVIS_STATS
 from fsx.evaluation.voc import THRESHOLD_STATS, VOC_STATS, threshold_metrics, voc_metrics
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -48,6 +49,7 @@ def coco_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | Non
 
 SUMMARY_STATS = COCO_STATS + VOC_STATS + THRESHOLD_STATS  # what eval aggregates over repeats
 GROUP_STATS = ("bAP", "bAP50", "nAP", "nAP50")  # the generalized setting's, when there are base classes
+OPTIONAL_STATS = GROUP_STATS + LVIS_STATS  # aggregated when a run has them
 
 
 def group_metrics(metrics: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:

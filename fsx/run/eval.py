@@ -21,7 +21,7 @@ from fsx.data.coco import DetectionDataset
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
-from fsx.evaluation.coco_metrics import GROUP_STATS, SUMMARY_STATS
+from fsx.evaluation.coco_metrics import OPTIONAL_STATS, SUMMARY_STATS
 from fsx.evaluation.plots import curve_png, repeats_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
@@ -82,7 +82,7 @@ def evaluate(cfg) -> dict:
                 if step == 0:  # adaptation time counts from the first step
                     clock["start"], clock["scoring"] = time.monotonic(), 0.0
                 rows.append({"repeat": r, "task_seed": task.seed, "milestone": step, "adapt_seconds": round(adapt_seconds, 3), **metrics})
-                run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS + GROUP_STATS}, step=step)
+                run.log_metrics({f"repeat_{r:02d}/{k}": v for k, v in metrics.items() if k in SUMMARY_STATS + OPTIONAL_STATS}, step=step)
 
             if direct:
                 on_milestone(0, model)
@@ -129,7 +129,7 @@ def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, fl
     for step in milestones:
         at = [row for row in rows if row["milestone"] == step]
         out: dict[str, float] = {}
-        for metric in SUMMARY_STATS + tuple(m for m in GROUP_STATS if at and m in at[0]):
+        for metric in SUMMARY_STATS + tuple(m for m in OPTIONAL_STATS if at and m in at[0]):
             s = summarize(row[metric] for row in at)
             out[metric] = s["mean"]
             for key in ("mean", "std", "ci95", "ci95_tfa", "q1", "median", "q3"):
@@ -149,7 +149,7 @@ def format_table(table: dict[int, dict[str, float]], repeats: int, task, cfg, di
         f"\n{len(task.class_ids)}-way {cfg.shots}-shot on test-test ({', '.join(task.class_names)}), "
         + ("adapted checkpoint scored directly" if direct else f"mean ± 95% CI over {repeats} tasks")
     )
-    shown = TABLE_METRICS + tuple(m for m in ("bAP50", "nAP50") if m in next(iter(table.values()), {}))
+    shown = TABLE_METRICS + tuple(m for m in ("bAP50", "nAP50", "APr", "APc", "APf") if m in next(iter(table.values()), {}))
     lines = [head, f"{'steps':>6}  " + "  ".join(f"{m:>15}" for m in shown)]
     for step, stats in table.items():
         lines.append(f"{step:>6}  " + "  ".join(f"{_fmt(stats[m], stats[m + '_ci95']):>15}" for m in shown))

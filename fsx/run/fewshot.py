@@ -18,6 +18,7 @@ from fsx.engine.checkpoint import load_model, read_checkpoint
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import detection_metrics, group_metrics
+from fsx.evaluation.lvis_metrics import lvis_metrics
 from fsx.evaluation.predict import predict
 from fsx.models.heads import class_rows, copy_class_rows, num_classes, reset_class_head
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
@@ -158,7 +159,8 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
 
 def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5) -> dict[str, float]:
     """COCO and VOC metrics on all of test-test, for the task's classes; in the generalized
-    setting also over its base (bAP, bAP50) and novel (nAP, nAP50) classes."""
+    setting also over its base (bAP, bAP50) and novel (nAP, nAP50) classes; on LVIS its own
+    federated AP and APr, APc, APf."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
     results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
@@ -166,4 +168,6 @@ def score(model, split: Split, task: Task, device: torch.device, batch_size: int
     if task.base:
         novel = [n for n in task.class_names if n not in set(task.base)]
         metrics.update(group_metrics(metrics, {"b": task.base, "n": novel}))
+    if split.fold.dataset == "lvis_tfa":
+        metrics.update(lvis_metrics(gt, results, task.class_ids))
     return metrics
