@@ -95,6 +95,16 @@ def test_lvis_metrics_score_perfect_and_empty_detections(tmp_path):
     assert math.isnan(lvis_metrics(gt, [], [1, 2])["APr"])  # no rare class among these
 
 
+def test_rare_classes_give_up_to_k_shots(tmp_path):
+    from fsx.run.fewshot import sample_task
+
+    split = benchmark_split(dataset(write_lvis(tmp_path)))
+    task = sample_task(split, 2, 10, 1, sampler="instance", generalized=True)  # 10 shots: every class has fewer boxes
+    counts = task.manifest()["boxes_per_class"]
+    boxes = {c["name"]: sum(1 for i in split.test_adapt.image_ids for a in split.test_adapt.annotations(i) if a["category_id"] == c["id"]) for c in split.test_adapt.categories}
+    assert counts == {name: min(10, boxes[name]) for name in counts} and counts["fig"] == 8
+
+
 def test_the_cli_needs_a_root(tmp_path):
     env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "fsx", "pretrain", "dataset=lvis_tfa"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

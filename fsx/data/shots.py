@@ -95,7 +95,7 @@ def sample_shots(pool: CocoSet, class_names: list[str], shots: int, seed: int, e
 
 
 
-def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: int, records: str = "merged", pool_name: str = "adaptation pool") -> Task:
+def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: int, records: str = "merged", pool_name: str = "adaptation pool", at_most: bool = False) -> Task:
     """TFA's instance-level sampler (PROTOCOLS 3.2-3.4): exactly K boxes of each class.
 
     Each class walks its own seeded order of the pool's images (seeded by the sample seed and
@@ -106,6 +106,9 @@ def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: in
     (TFA's VOC loader truncates unseeded: the hole closed here). Boxes of the class that were
     not chosen stay unannotated in that image, as in TFA. Crowd boxes never count.
 
+    at_most: a class with fewer than K boxes gives all it has (LVIS's "up to 10 instances
+    for each class": its rare classes have fewer), instead of an error.
+
     records: `merged`, one entry per image with the chosen boxes of every task class; or
     `per_class`, TFA's own form, one entry per (class, image) holding only that class's boxes.
     """
@@ -114,14 +117,14 @@ def sample_instances(pool: CocoSet, class_names: list[str], shots: int, seed: in
     if records not in RECORD_MODES:
         raise UsageError(f"sample_records={records}: choose one of {', '.join(RECORD_MODES)}")
     class_ids = [pool.category_id(n) for n in class_names]
-    picked = {cid: nested_instances(pool, cid, shots, seed, pool_name) for cid in class_ids}
+    picked = {cid: nested_instances(pool, cid, shots, seed, pool_name, at_most) for cid in class_ids}
     return instance_task(pool, class_ids, list(class_names), shots, seed, picked, records, "instance_level")
 
 
 SHOT_LADDER = (1, 2, 3, 5, 10, 30)  # TFA's shot counts: the sets are nested along them
 
 
-def nested_instances(pool: CocoSet, category_id: int, shots: int, seed: int, pool_name: str = "adaptation pool") -> list[tuple[int, list[int]]]:
+def nested_instances(pool: CocoSet, category_id: int, shots: int, seed: int, pool_name: str = "adaptation pool", at_most: bool = False) -> list[tuple[int, list[int]]]:
     """[(image id, [annotation ids of the class chosen in it])], exactly `shots` boxes.
 
     The set grows along TFA's ladder 1, 2, 3, 5, 10, 30 up to `shots` (K = 4 continues
@@ -133,7 +136,9 @@ def nested_instances(pool: CocoSet, category_id: int, shots: int, seed: int, poo
     boxes = {i: [a["id"] for a in pool.annotations(i) if a["category_id"] == category_id and not a.get("iscrowd", 0)] for i in pool.images_with(category_id)}
     images = [i for i in boxes if boxes[i]]
     available = sum(len(b) for b in boxes.values())
-    if available < shots:
+    if at_most:
+        shots = min(shots, available)
+    if available < shots or shots < 1:
         raise UsageError(f"shots={shots} is more than the {pool_name} holds: class '{pool.category_name(category_id)}' has {available} boxes there")
     remaining = [images[k] for k in np.random.default_rng([seed, category_id]).permutation(len(images))]
     chosen: dict[int, list[int]] = {}

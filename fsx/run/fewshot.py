@@ -82,7 +82,7 @@ def sample_task(split: Split, ways: int, shots: int, task_seed: int, sampler: st
     if lists:
         task = published_task(split.test_adapt, lists, classes, shots, task_seed, records)
     elif sampler == "instance":
-        task = sample_instances(split.test_adapt, classes, shots, task_seed, records)
+        task = sample_instances(split.test_adapt, classes, shots, task_seed, records, at_most=split.fold.dataset == "lvis_tfa")
     elif sampler == "image":
         task = sample_shots(split.test_adapt, classes, shots, task_seed)
     else:
