@@ -216,7 +216,43 @@ def test_voc_ap_iou_threshold_and_no_detections():
     gt = _voc_set([(0, 0, 10, 10)])
     assert voc_metrics(gt, [_det((0, 0, 10, 6), 0.9)])["vocAP50"] == pytest.approx(1.0)  # IoU 0.6
     assert voc_metrics(gt, [_det((0, 0, 10, 4), 0.9)])["vocAP50"] == 0.0  # IoU 0.4
-    assert voc_metrics(gt, []) == {"vocAP50": 0.0, "voc07AP50": 0.0}
+    assert voc_metrics(gt, []) == {"vocAP50": 0.0, "voc07AP50": 0.0, "voc07AP": 0.0}
+
+
+def test_tfa_voc_ap_averages_eleven_point_ap_over_ten_ious_by_hand():
+    """One box of 10x10 and one detection of 10xh at its corner: IoU = h / 10. The 11-point AP
+    is 1 at every threshold <= IoU and 0 above, so "AP" = the share of the 10 thresholds
+    0.50, 0.55, ..., 0.95 that the IoU reaches."""
+    from fsx.evaluation.voc import voc_metrics
+
+    gt = _voc_set([(0, 0, 10, 10)])
+    for h, passed in ((10, 10), (7.2, 5), (5.2, 1), (4, 0)):  # IoU 1.0, 0.72, 0.52, 0.4
+        got = voc_metrics(gt, [_det((0, 0, 10, h), 0.9)])
+        assert got["voc07AP"] == pytest.approx(passed / 10), h
+        assert got["voc07AP50"] == (1.0 if passed else 0.0)
+    # a false positive ranked above the match at 0.5: precision 0.5 at recall 1 -> 11-point AP 0.5
+    two = voc_metrics(gt, [_det((60, 60, 10, 10), 0.95), _det((0, 0, 10, 10), 0.9)])
+    assert two["voc07AP50"] == pytest.approx(0.5) and two["voc07AP"] == pytest.approx(0.5)
+
+
+def test_coco_metrics_ignore_difficult_boxes_as_voc_does():
+    from fsx.evaluation.coco_metrics import coco_metrics
+
+    gt = _voc_set([(0, 0, 10, 10), (50, 50, 20, 20)], difficult=(1,))
+    found = coco_metrics(gt, [_det((0, 0, 10, 10), 0.9)])  # the difficult box missed: no penalty
+    assert found["AP50"] == pytest.approx(1.0) and found["AP"] == pytest.approx(1.0)
+    both = coco_metrics(gt, [_det((0, 0, 10, 10), 0.9), _det((50, 50, 20, 20), 0.95)])  # a hit on it is no false positive
+    assert both["AP50"] == pytest.approx(1.0)
+
+
+def test_pr_curves_per_class():
+    from fsx.evaluation.voc import pr_curves
+
+    gt = _voc_set([(0, 0, 10, 10), (50, 50, 10, 10)])
+    curves = pr_curves(gt, [_det((0, 0, 10, 10), 0.9), _det((80, 80, 10, 10), 0.8), _det((50, 50, 10, 10), 0.7)], [1])
+    x = curves["x"]
+    assert list(x["precision"]) == pytest.approx([1.0, 0.5, 2 / 3]) and list(x["recall"]) == pytest.approx([0.5, 0.5, 1.0])
+    assert x["positives"] == 2 and x["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_paired_difference_matches_scipy_and_a_hand_computed_interval():

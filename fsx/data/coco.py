@@ -141,6 +141,8 @@ class CocoSet:
         for ann in gt.dataset["annotations"]:
             ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
             ann.setdefault("iscrowd", 0)
+            if ann.get("difficult"):  # VOC's difficult boxes: ignored by COCOeval as by VOC AP
+                ann["iscrowd"] = 1
         _quiet_index(gt)
         return gt
 

@@ -59,3 +59,31 @@ def repeats_png(path: Path | str, running: list[dict[str, float]], metric: str, 
     ax.set_xlabel("repeats (tasks) so far")
     ax.set_ylabel(f"{metric}: mean of the first k, 95% CI")
     return _save(fig, ax, path, title)
+
+
+def pr_png(path: Path | str, curves: dict[str, dict], title: str) -> Path:
+    """Precision against recall for each class (VOC matching at IoU 0.5), its AP in the legend."""
+    fig, ax = _axes()
+    for name, curve in curves.items():
+        if len(curve["recall"]):
+            ax.plot([0.0, *curve["recall"]], [1.0, *curve["precision"]], drawstyle="steps-post", label=f"{name} (AP {curve['ap']:.3f}, {curve['positives']} boxes)")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    if any(len(c["recall"]) for c in curves.values()):
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, ax, path, title)
+
+
+def pr_csv(curves: dict[str, dict]) -> str:
+    """The curves' points as CSV: class, rank (detections by descending score), precision, recall."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "rank", "precision", "recall"])
+    for name, curve in curves.items():
+        writer.writerows([name, k + 1, f"{p:.6f}", f"{r:.6f}"] for k, (p, r) in enumerate(zip(curve["precision"], curve["recall"])))
+    return buffer.getvalue()

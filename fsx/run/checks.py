@@ -86,6 +86,15 @@ def check_checkpoint(cfg) -> None:
         raise UsageError(f"checkpoint={reference}: no such file (use runs:/<run_id> for an MLflow run)")
 
 
+def check_external(cfg) -> None:
+    """Scoring a results file: both files exist (their contents are checked when read)."""
+    if not cfg.eval.ground_truth:
+        raise UsageError("eval.detections needs eval.ground_truth=<the COCO annotations JSON the detections are on>")
+    for key in ("detections", "ground_truth"):
+        if not Path(str(cfg.eval[key])).expanduser().is_file():
+            raise UsageError(f"eval.{key}={cfg.eval[key]}: no such file")
+
+
 def precheck(verb: str, cfg) -> None:
     if verb == "pretrain":
         check_pretrain(cfg)
@@ -94,4 +103,7 @@ def precheck(verb: str, cfg) -> None:
         check_checkpoint(cfg)
     elif verb == "eval":
         check_eval(cfg)
-        check_checkpoint(cfg)
+        if cfg.eval.detections:
+            check_external(cfg)
+        else:
+            check_checkpoint(cfg)

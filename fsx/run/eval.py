@@ -22,7 +22,7 @@ from fsx.engine.device import resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
 from fsx.evaluation.coco_metrics import OPTIONAL_STATS, SUMMARY_STATS
-from fsx.evaluation.plots import curve_png, repeats_png
+from fsx.evaluation.plots import curve_png, pr_csv, pr_png, repeats_png
 from fsx.progress import progress
 from fsx.run.checks import check_eval
 from fsx.run.checks import milestones as checked_milestones
@@ -44,8 +44,12 @@ TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
 
 
 def evaluate(cfg) -> dict:
-    device = resolve_device(cfg.device)
     check_eval(cfg)
+    if cfg.eval.detections:  # another tool's results, scored by fsx's metric code
+        from fsx.run.external import score_file
+
+        return score_file(cfg)
+    device = resolve_device(cfg.device)
     source = load_source(cfg)
     milestones = checked_milestones(cfg)
     settings = adapt_settings(cfg, source.payload)
@@ -62,6 +66,7 @@ def evaluate(cfg) -> dict:
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []
+    curves: dict[str, dict] = {}
     with recorded_run(cfg, "eval", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         started = time.monotonic()
         for r in progress(range(1, repeats + 1), desc="eval repeats"):
@@ -77,7 +82,8 @@ def evaluate(cfg) -> dict:
             def on_milestone(step: int, model, r=r, task=task, clock=clock) -> None:
                 adapt_seconds = 0.0 if step == 0 else time.monotonic() - clock["start"] - clock["scoring"]
                 scoring = time.monotonic()
-                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold))
+                keep = curves if r == 1 and step == milestones[-1] else None  # the first task's final curves
+                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold), curves=keep)
                 clock["scoring"] += time.monotonic() - scoring
                 if step == 0:  # adaptation time counts from the first step
                     clock["start"], clock["scoring"] = time.monotonic(), 0.0
@@ -113,6 +119,9 @@ def evaluate(cfg) -> dict:
             run.log_file(curve_png(Path(tmp) / "AP50.png", {label: curve}, "AP50", name), "eval")
             if len(running) > 1:
                 run.log_file(repeats_png(Path(tmp) / "AP50_vs_repeats.png", running, f"AP50 at step {milestones[-1]}", name), "eval")
+            if curves:
+                run.log_file(pr_png(Path(tmp) / "pr_curves.png", curves, f"{name}: task 1 at step {milestones[-1]}, IoU 0.5"), "eval")
+                run.log_text(pr_csv(curves), "eval/pr_curves.csv")
 
     print(format_table(table, repeats, first, cfg, direct))
     if speed:

@@ -20,6 +20,7 @@ from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import detection_metrics, group_metrics
 from fsx.evaluation.lvis_metrics import lvis_metrics
 from fsx.evaluation.predict import predict
+from fsx.evaluation.voc import pr_curves
 from fsx.models.heads import class_rows, copy_class_rows, num_classes, reset_class_head
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint
 
@@ -157,10 +158,11 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
     return payload.get("kind") == "adapt" and list(payload.get("classes", [])) == list(class_names)
 
 
-def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5) -> dict[str, float]:
+def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5, curves: dict | None = None) -> dict[str, float]:
     """COCO and VOC metrics on all of test-test, for the task's classes; in the generalized
     setting also over its base (bAP, bAP50) and novel (nAP, nAP50) classes; on LVIS its own
-    federated AP and APr, APc, APf."""
+    federated AP and APr, APc, APf. `curves`, when given, receives each class's
+    precision-recall curve."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
     results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
@@ -170,4 +172,6 @@ def score(model, split: Split, task: Task, device: torch.device, batch_size: int
         metrics.update(group_metrics(metrics, {"b": task.base, "n": novel}))
     if split.fold.dataset == "lvis_tfa":
         metrics.update(lvis_metrics(gt, results, task.class_ids))
+    if curves is not None:
+        curves.update(pr_curves(gt, results, task.class_ids))
     return metrics
