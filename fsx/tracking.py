@@ -422,3 +422,26 @@ def unfinished_runs(tracking_uri: str, experiment: str | None = None, command: s
 
 def mark_killed(tracking_uri: str, run_id: str) -> None:
     _client(tracking_uri).set_terminated(run_id, "KILLED")
+
+
+def search_runs(tracking_uri: str, experiment: str, filter_string: str = "", parent_run_id: str | None = None) -> list[dict]:
+    """[{id, name, status, tags, params}] of the runs matching an MLflow filter string, oldest
+    first: in the experiment, or, with `parent_run_id`, among that run's children (in the
+    parent's experiment). Unknown experiments, parents and bad filters are usage errors."""
+    client = _client(tracking_uri)
+    if parent_run_id:
+        try:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - MlflowException for unknown ids
+            raise UsageError(f"--parent {parent_run_id}: no run with that id in the MLflow store at {tracking_uri}") from None
+        filter_string = " and ".join(f for f in (f"tags.`mlflow.parentRunId` = '{parent_run_id}'", filter_string) if f)
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise UsageError(f"--experiment {experiment}: no such experiment in the MLflow store at {tracking_uri}")
+        experiment_id = found.experiment_id
+    try:
+        runs = client.search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time ASC"], max_results=50000)
+    except Exception as e:  # noqa: BLE001 - MlflowException: a filter MLflow cannot parse
+        raise UsageError(f"--filter: MLflow cannot use the filter string {filter_string!r}: {str(e).splitlines()[0]}") from None
+    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]

@@ -34,14 +34,20 @@ def load_evaluation(reference: str, tracking_uri: str, experiment: str) -> Evalu
     return Evaluation(name, rows, manifest.get("tasks", []), manifest.get("split", {}).get("test_test", {}).get("hash"))
 
 
+def check_metric(evaluations: list[Evaluation], metric: str) -> None:
+    """A usage error naming what the runs logged, unless every run logged `metric`."""
+    for evaluation in evaluations:
+        if not evaluation.rows or metric not in evaluation.rows[0]:
+            known = [k for k in (evaluation.rows or [{}])[0] if k not in ("repeat", "task_seed", "milestone", "adapt_seconds", "early_stopped_at")]
+            raise UsageError(f"--metric {metric}: the eval runs logged {', '.join(known) or 'no metrics'}")
+
+
 def run_compare(references: list[str], tracking_uri: str, experiment: str, metric: str = "AP50", unpaired: bool = False, plot: str | None = None) -> str:
     if len(references) < 2:
         raise UsageError("fsx compare needs at least two eval runs: the first is the baseline")
     tracking.check_store(tracking_uri)
     evaluations = [load_evaluation(r, tracking_uri, experiment) for r in references]
-    if metric not in evaluations[0].rows[0]:
-        known = [k for k in evaluations[0].rows[0] if k not in ("repeat", "task_seed", "milestone", "early_stopped_at")]
-        raise UsageError(f"--metric {metric}: the eval runs logged {', '.join(known)}")
+    check_metric(evaluations, metric)
     problems = {e.name: mismatched_tasks(evaluations[0], e) for e in evaluations[1:]}
     problems = {k: v for k, v in problems.items() if v}
     if problems and not unpaired:
