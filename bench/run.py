@@ -15,7 +15,10 @@ a generated COCO-size annotation file, peak resident memory, sampling one 5-way 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -184,6 +187,85 @@ RETINANET = {"name": "retinanet", "anchor_scale": 1.5, "head_norm": "group", "bo
 FASTER_RCNN = {"name": "fasterrcnn", "anchor_scale": 2.0, "anchor_octaves": 2, "representation_size": 256, "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128}
 
 
+def letters_dataset(root: Path, images: int = 320, augment: bool = True):
+    """A small letters set on disk (generated once under `root`), as pretraining reads it."""
+    from fsx.data.coco import CocoSet, DetectionDataset
+    from fsx.data.letters import LettersSpec, letters_cache
+    from fsx.data.transforms import build_transform
+
+    folder = letters_cache(LettersSpec(num_images=images), root, show_progress=False)
+    source = CocoSet.load(folder / "annotations.json", folder)
+    transform = build_transform(hflip=0.5, brightness=0.1, contrast=0.1, seed=0) if augment else None
+    return DetectionDataset(source, [c["id"] for c in source.categories], transform)
+
+
+def loop_vs_bare(dataset, device, steps: int = 10):
+    """A: a bare torchvision loop (DataLoader, model(images, targets), backward, step); B:
+    fsx's loop (infinite_batches, engine.loop.train, train_step with its clipping and loss
+    read-back), the same model, data, batch and optimiser: what fsx adds to a step."""
+    from fsx.data.coco import collate
+    from fsx.engine.loop import infinite_batches, optimizer_step, train
+
+    model = build_detector(spec(TINY, 26)).to(device).train()
+    opt = torch.optim.Adam(select_trainable(model, "all"), lr=1e-4)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True, collate_fn=collate, drop_last=True)
+    batches = infinite_batches(dataset, 16, 0)
+
+    def bare():
+        for k, (images, targets) in enumerate(loader):
+            if k == steps:
+                break
+            images = [im.to(device) for im in images]
+            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            with autocast(device, True):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def fsx_loop():
+        train(model, optimizer_step(model, opt, device, amp=True, clip_norm=10.0), batches, steps, show_progress=False)
+
+    return bare, fsx_loop
+
+
+def loading_vs_step(dataset, device):
+    """A: building one augmented batch of 16 (decoded pixels cached, as from the second epoch
+    on); B: one training step on it. B/A is how many times faster the loader is."""
+    from fsx.engine.loop import infinite_batches
+
+    batches = infinite_batches(dataset, 16, 0)
+    for _ in range(len(dataset) // 16 + 1):  # one epoch: every image decoded once
+        next(batches)
+    model = build_detector(spec(TINY, 26)).to(device).train()
+    opt = torch.optim.Adam(select_trainable(model, "all"), lr=1e-4)
+    held = next(batches)
+    return lambda: next(batches), lambda: train_step(model, opt, *held, device, amp=True, clip_norm=10.0)
+
+
+def cocoeval_seconds_per_1000(images: int = 1000, seed: int = 0) -> float:
+    """detection_metrics (COCOeval's 12 stats, per-class AP, VOC AP in three forms, the
+    threshold metrics) on 1,000 images of 5 classes, 3 boxes and 20 detections each."""
+    from fsx.data.coco import CocoSet
+    from fsx.evaluation.coco_metrics import detection_metrics
+
+    rng = np.random.default_rng(seed)
+    anns, dets = [], []
+    for i in range(1, images + 1):
+        for _ in range(3):
+            x, y = rng.uniform(0, 200, 2)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 6)), "bbox": [x, y, 40.0, 30.0], "area": 1200.0, "iscrowd": 0})
+        for _ in range(20):
+            x, y = rng.uniform(0, 200, 2)
+            dets.append({"image_id": i, "category_id": int(rng.integers(1, 6)), "bbox": [x, y, 40.0, 30.0], "score": float(rng.random())})
+    gt = CocoSet({"images": [{"id": i, "file_name": f"{i}.jpg", "width": 256, "height": 256} for i in range(1, images + 1)], "annotations": anns,
+                  "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 6)]}, ".")
+    start = time.perf_counter()
+    detection_metrics(gt, dets, [1, 2, 3, 4, 5])
+    return (time.perf_counter() - start) * 1000 / images
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -313,6 +395,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--scale-only", action="store_true", help="only the COCO-scale data table")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "README.md"),
+                        help="also write the tables here, with the machine and the date (default: experiments/benchmarks/README.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--memory-of", nargs=2, metavar=("VARIANT", "STEPS"), help=argparse.SUPPRESS)
     parser.add_argument("--scale-of", metavar="ANNOTATIONS", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,13 +428,61 @@ def main() -> None:
         compare("adapt step tiny b16: A all params, B class head only", train_fn(tiny, 16, device), train_fn(tiny, 16, device, params="class_head"), device, args.repeats, unit="s/step"),
         compare("inference tiny: A batch 1, B batch 32 (per image)", infer_fn(tiny, 1, device), infer_fn(tiny, 32, device), device, args.repeats, 1, 32, "s/image"),
     ]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = letters_dataset(Path(tmp))
+        rows.append(compare("10 steps b16 on letters: A bare torchvision loop, B fsx's loop", *loop_vs_bare(data, device), device, args.repeats, unit="s/10 steps"))
+        rows.append(compare("letters b16: A build an augmented batch, B train on it", *loading_vs_step(data, device), device, args.repeats, unit="s/batch"))
+    cocoeval = cocoeval_seconds_per_1000()
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
     memory = {(variant, steps): peak_memory_mb(variant, steps, device) for steps in (1, 2, 5) for variant in MAML_VARIANTS}
-    print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {args.repeats}, interleaved\n")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(Tee(sys.stdout, buffer)):
+        report(rows, memory, cocoeval, device, args.repeats)
+    if not args.no_write:
+        write_readme(Path(args.out), buffer.getvalue(), device)
+
+
+class Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+
+def machine(device) -> str:
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor() or "unknown CPU")
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_readme(path: Path, tables: str, device) -> None:
+    import datetime
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path.write_text(
+        "# fsx benchmarks\n\n"
+        f"Written by `make bench` (bench/run.py) on {when}, on {machine(device)}.\n\n"
+        "Each row runs two variants of one thing on the same inputs, interleaved, and reports the\n"
+        "median of each and B/A; ratios, not absolute times, are what carries over between machines\n"
+        "(and between runs on a busy one). Rerun `make bench` to refresh this file.\n\n"
+        f"```\n{tables.strip()}\n```\n"
+    )
+    print(f"\nwritten to {path}")
+
+
+def report(rows, memory, cocoeval, device, repeats) -> None:
+    print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {repeats}, interleaved\n")
     print(f"{'comparison':<66} {'A':>10} {'B':>10} {'B/A':>7}  unit")
     for r in rows:
         print(f"{r['comparison']:<66} {r['A']:>10.4f} {r['B']:>10.4f} {r['B/A']:>7.2f}  {r['unit']}")
+    print(f"\nscoring (detection_metrics: COCOeval + per-class + VOC AP x3 + threshold metrics): {cocoeval:.2f} s per 1,000 images (5 classes, 20 detections each)")
     kind = "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
     print(f"\nmeta-iteration memory, tiny FCOS, 2 tasks of 16 + 16 images at 128 px ({kind}, MB)\n")
     print(f"{'inner steps':>11} {'FOMAML':>10} {'MAML':>10} {'ANIL':>10} {'MAML/FOMAML':>12}")

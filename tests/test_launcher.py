@@ -31,3 +31,77 @@ def test_joblib_launcher_multirun_has_one_parent_and_a_child_per_job(tmp_path):
     assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(runs) == 3
+
+
+def test_submitit_local_preset_runs_each_job_in_its_own_process(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache"), "FSX_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+    args = ["pretrain", "-m", "seed=0,1", *SMALL, "train.val_images=0", "hydra/launcher=local_processes", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    result = subprocess.run([sys.executable, "-m", "fsx", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Submitit 'local'" in result.stdout + result.stderr  # the plugin really launched the jobs
+    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_log.out"))  # one process (and log) per job
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fsx").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("fsx.multirun") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"] and parent.info.status == "FINISHED"
+    assert len({r.data.tags["fsx.pid"] for r in children}) == 2  # two processes, neither of them this sweep's
+
+
+def test_the_slurm_preset_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "fsx", "pretrain", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", "--package", "hydra.launcher"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout and "gpus_per_node: 1" in result.stdout
+
+
+def test_a_rerun_sweep_skips_finished_jobs_and_resumes_interrupted_ones(tmp_path):
+    env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache"), "FSX_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+
+    def sweep(*extra):
+        args = ["pretrain", "-m", "seed=0,1", *SMALL, "train.steps=2", "train.checkpoint_every=1", "train.val_images=0", *extra]
+        result = subprocess.run([sys.executable, "-m", "fsx", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    sweep()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fsx").experiment_id
+
+    def jobs():
+        return [r for r in client.search_runs([experiment]) if r.data.tags.get("fsx.multirun") != "parent"]
+
+    first = {r.data.params["seed"]: r for r in jobs()}
+    assert len(first) == 2 and len({r.data.tags["fsx.config_hash"] for r in first.values()}) == 2
+
+    again = sweep()
+    assert "0 of 0 jobs finished; 2 more skipped (already finished)" in again and len(jobs()) == 2  # nothing ran twice
+
+    forced = sweep("skip_finished=false")
+    assert "skipped" not in forced and len(jobs()) == 4
+
+
+def test_an_interrupted_pretrain_job_is_resumed_and_other_commands_rerun(tmp_path):
+    """The decision only: resuming itself is tests/test_reliability.py's."""
+    from fsx.run.sweep import config_hash, plan_job
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = {"seed": 0, "mlflow": {"tracking_uri": uri, "experiment": "fsx"}, "dataset": {"name": "letters", "cache_dir": "/here"}}
+    assert plan_job(config, "pretrain") == ("run", None)  # no store yet
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("fsx")
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"weights")
+    moved = {**config, "dataset": {"name": "letters", "cache_dir": "/elsewhere"}}  # another machine's cache: the same job
+    run = client.create_run(experiment, tags={"fsx.config_hash": config_hash(moved), "fsx.command": "pretrain", "fsx.last_checkpoint": str(last)})
+    client.set_terminated(run.info.run_id, "KILLED")
+    assert plan_job(config, "pretrain") == ("resume", run.info.run_id)
+    assert plan_job(config, "eval") == ("run", None)
+    assert plan_job({**config, "seed": 1}, "pretrain") == ("run", None)
+    last.unlink()  # nothing left to resume from: run again
+    assert plan_job(config, "pretrain") == ("run", None)
+    assert plan_job({**config, "skip_finished": False}, "pretrain") == ("run", None)

@@ -3,6 +3,11 @@
 Jobs find the parent's id in the sweep directory (any launcher) or the environment (same
 process). A job that fails appends a line to `fsx_failed_jobs.txt` there; the parent run
 ends FAILED when any job failed, FINISHED otherwise.
+
+Rerunning a sweep does only what is missing: every run is tagged with a hash of the config
+its command line composed (`fsx.config_hash`); a job whose hash already has a FINISHED run
+in the experiment is skipped (listed in `fsx_skipped_jobs.txt`; `skip_finished=false` runs
+it again), and a pretrain job whose run was interrupted resumes it from its last.pt.
 """
 
 from __future__ import annotations
@@ -16,26 +21,67 @@ from omegaconf import DictConfig
 from fsx import tracking
 
 FAILURES_FILE = "fsx_failed_jobs.txt"
+SKIPPED_FILE = "fsx_skipped_jobs.txt"
+UNHASHED = ("mlflow", "resume", "skip_finished", "hydra")  # where and how a run is recorded, not what it computes
 PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"  # how a job finds its parent run in the same process
 PARENT_RUN_FILE = "fsx_parent_run_id"  # ... and in the sweep directory (any launcher)
 LAST_SWEEP: dict[str, str] = {}  # the sweep this process started: parent id, store, directory
 
 
-def failures(sweep_dir: Path) -> list[str]:
-    path = Path(sweep_dir) / FAILURES_FILE
+def failures(sweep_dir: Path, name: str = FAILURES_FILE) -> list[str]:
+    path = Path(sweep_dir) / name
     return path.read_text().splitlines() if path.is_file() else []
 
 
-def finish_sweep() -> tuple[str, list[dict], list[str]] | None:
-    """End the parent run of this process's sweep (once); (parent id, children, failures)."""
+def config_hash(config: dict) -> str:
+    """A short hash of what a job computes: its composed config without where it is recorded."""
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in config.items() if k not in UNHASHED}
+    if isinstance(kept.get("dataset"), dict):  # the cache folder is this machine's, not the data
+        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "cache_dir"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_job(config: dict, command: str) -> tuple[str, str | None]:
+    """("skip", run id) when a FINISHED run of this command has the job's config hash,
+    ("resume", run id) for a pretrain run of that hash that was interrupted and left its
+    last.pt, else ("run", None)."""
+    if not config.get("skip_finished", True):
+        return "run", None
+    uri, experiment = str(config["mlflow"]["tracking_uri"]), str(config["mlflow"]["experiment"])
+    try:
+        twins = tracking.search_runs(uri, experiment, f"tags.`fsx.config_hash` = '{config_hash(config)}' and tags.`fsx.command` = '{command}'")
+    except Exception:  # noqa: BLE001 - no experiment yet (a first sweep): nothing to skip
+        return "run", None
+    done = [r for r in twins if r["status"] == "FINISHED"]
+    if done:
+        return "skip", done[-1]["id"]
+    stopped = [r for r in twins if r["status"] in ("KILLED", "FAILED") and Path(r["tags"].get("fsx.last_checkpoint", "")).is_file()]
+    if command == "pretrain" and stopped and not config.get("resume"):
+        return "resume", stopped[-1]["id"]
+    return "run", None
+
+
+def record_skip(message: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    with open(Path(hc.sweep.dir) / SKIPPED_FILE, "a") as f:
+        f.write(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}\n")
+
+
+def finish_sweep() -> tuple[str, list[dict], list[str], list[str]] | None:
+    """End the parent run of this process's sweep (once); (parent id, children, failures, skipped jobs)."""
     if not LAST_SWEEP.get("parent"):
         return None
     parent, uri, sweep_dir = LAST_SWEEP["parent"], LAST_SWEEP["tracking_uri"], Path(LAST_SWEEP["sweep_dir"])
-    failed = failures(sweep_dir)
+    failed, skipped = failures(sweep_dir), failures(sweep_dir, SKIPPED_FILE)
     children = tracking.finish_parent_run(uri, parent, failed=bool(failed))
     LAST_SWEEP.clear()
     os.environ.pop(PARENT_RUN_ENV, None)
-    return parent, children, failed
+    return parent, children, failed, skipped
 
 
 class ParentRunCallback(Callback):
@@ -43,6 +89,7 @@ class ParentRunCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / FAILURES_FILE).unlink(missing_ok=True)
+        (sweep_dir / SKIPPED_FILE).unlink(missing_ok=True)
         run_id = tracking.create_parent_run(
             config.mlflow.tracking_uri,
             config.mlflow.experiment,

@@ -22,7 +22,7 @@ from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 from fsx.run.checks import check_adapt
-from fsx.run.sweep import PARENT_RUN_ENV, PARENT_RUN_FILE
+from fsx.run.sweep import PARENT_RUN_ENV, PARENT_RUN_FILE, config_hash
 
 HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
 
@@ -220,6 +220,8 @@ def recorded_run(
     """
     config = run_config(cfg, dataset, checkpoint_config)
     tags = {**run_tags(command, dataset, config), **(extra_tags or {})}
+    if not resume_run_id:
+        tags["fsx.config_hash"] = config_hash(plain(cfg))  # a rerun sweep skips what this run did
     with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id(), resume_run_id=resume_run_id) as run:
         again = " (resumed)" if resume_run_id else ""
         print(f"fsx {command}: MLflow run {run.id}{again} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
