@@ -216,6 +216,19 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
             from fsx.tracking import check_store
 
             check_store(str(cfg.mlflow.tracking_uri))  # before minutes of work, not after
+            if multirun:  # a rerun sweep does only what is missing
+                from omegaconf import OmegaConf
+
+                from fsx.run.sweep import plan_job, record_skip
+
+                action, run_id = plan_job(OmegaConf.to_container(cfg, resolve=True), verb)
+                if action == "skip":
+                    record_skip(f"identical to FINISHED run {run_id}")
+                    typer.echo(f"fsx: skipped: run {run_id} already did this job (skip_finished=false runs it again)")
+                    return None
+                if action == "resume":
+                    cfg.resume = f"runs:/{run_id}"
+                    typer.echo(f"fsx: resuming the interrupted run {run_id}")
             return runner(cfg)
         except UsageError as e:
             if not multirun:
@@ -265,9 +278,10 @@ def _finish_multirun() -> None:
     finished = finish_sweep()
     if finished is None:
         return
-    parent, children, failed = finished
+    parent, children, failed, skipped = finished
     ok = sum(c["status"] == "FINISHED" for c in children)
-    typer.echo(f"\nmultirun: MLflow parent run {parent}: {ok} of {max(len(children), ok + len(failed))} jobs finished")
+    skip = f"; {len(skipped)} more skipped (already finished)" if skipped else ""
+    typer.echo(f"\nmultirun: MLflow parent run {parent}: {ok} of {max(len(children), ok + len(failed))} jobs finished{skip}")
     for line in failed:
         typer.echo(f"  failed: {line}", err=True)
     if failed:
