@@ -105,3 +105,21 @@ def test_an_interrupted_pretrain_job_is_resumed_and_other_commands_rerun(tmp_pat
     last.unlink()  # nothing left to resume from: run again
     assert plan_job(config, "pretrain") == ("run", None)
     assert plan_job({**config, "skip_finished": False}, "pretrain") == ("run", None)
+
+
+def test_eight_parallel_jobs_on_one_sqlite_file_lose_nothing(tmp_path):
+    """8 joblib workers writing params, metrics every step and checkpoints to the default
+    SQLite store at once: every run and every metric arrives."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache"), "FSX_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+    args = ["pretrain", "-m", "seed=range(8)", *SMALL, "train.steps=3", "train.log_every=1", "train.val_images=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8"]
+    result = subprocess.run([sys.executable, "-m", "fsx", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("fsx").experiment_id])
+    children = [r for r in runs if r.data.tags.get("fsx.multirun") != "parent"]
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+        assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
