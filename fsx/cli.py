@@ -400,6 +400,38 @@ def compare_command(
         _fail(str(e), e.exit_code)
 
 
+@app.command("report")
+def report_command(
+    parent: str = typer.Option(None, "--parent", help="A sweep's parent run id (fsx eval -m prints it): report on its eval children."),
+    experiment: str = typer.Option("fsx", "--experiment", help="The experiment whose eval runs to report on (without --parent)."),
+    filter_string: str = typer.Option(None, "--filter", help="An MLflow filter on tags/params, e.g. \"params.shots = '5' and tags.`fsx.fold` = '1'\"."),
+    metric: str = typer.Option("AP50", "--metric", help="Any metric of eval/repeats.csv: AP, AP50, AP75, vocAP50, AR100, ..."),
+    out: str = typer.Option("report", "--out", help="The folder to write report.md, report.csv and the PNGs to (the config key report.out)."),
+    baseline: str = typer.Option(None, "--baseline", help="The algorithm the paired differences are taken to (default: the first evaluated)."),
+    no_log: bool = typer.Option(False, "--no-log", help="Only write the folder; log no MLflow run."),
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
+) -> None:
+    """Tables and plots over many FINISHED eval runs: a sweep's children (--parent), an
+    experiment, or an MLflow --filter. One row per algorithm, model, dataset, fold, ways and
+    shots (runs sharing all of these are pooled), with the metric's mean ± 95% CI at every
+    milestone and n; an `all` fold row averages the fold means (CI over folds). PNGs: the
+    metric against adaptation steps with CI bands per fold and averaged over folds, and the
+    paired difference to the baseline where the runs adapted on identical tasks (skipped, with
+    the reason, where not). Writes OUT/report.md, OUT/report.csv and OUT/*.png, logs them in a
+    new run tagged fsx.command=report (unless --no-log), and prints the tables.
+
+    \b
+      fsx eval -m checkpoint=latest:pretrain:standard,latest:pretrain:reptile eval.repeats=20
+      fsx report --parent <parent run id> --out report/
+      fsx report --filter "params.shots = '5'" --metric AP --out report-5shot/"""
+    from fsx.run.report import run_report
+
+    try:
+        typer.echo(run_report(tracking_uri, experiment, parent, filter_string, metric, out, not no_log, baseline))
+    except UsageError as e:
+        _fail(str(e), e.exit_code)
+
+
 runs_app = typer.Typer(help="Look after the runs of an MLflow store.", no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
 

@@ -43,12 +43,40 @@ def curve_png(path: Path | str, curves: dict[str, dict[int, dict[str, float]]], 
         _band(ax, steps, [points[s] for s in steps], name)
     if any(s > 0 for points in curves.values() for s in points) and min(min(points) for points in curves.values()) >= 0:
         ax.set_xscale("symlog", linthresh=10)
+    _label_milestones(ax, sorted({s for points in curves.values() for s in points}))
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel(f"{metric} (mean, 95% CI)")
     ax.set_ylim(bottom=0)
     if len(curves) > 1:
         ax.legend(fontsize=8)
     return _save(fig, ax, path, title)
+
+
+def difference_png(path: Path | str, curves: dict[str, dict[int, dict[str, float]]], metric: str, title: str) -> Path:
+    """For each name, {milestone: {"mean", "ci95"}} of a difference, with a line at zero:
+    where the band leaves zero the difference is significant at 5% (two-sided)."""
+    fig, ax = _axes()
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    for name, points in curves.items():
+        steps = sorted(points)
+        _band(ax, steps, [points[s] for s in steps], name)
+    steps = sorted({s for points in curves.values() for s in points})
+    if steps and steps[-1] > 10 and steps[0] >= 0:  # milestones like 0, 10, 100, 1000
+        ax.set_xscale("symlog", linthresh=10)
+    _label_milestones(ax, steps)
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel(f"Δ {metric} (mean, 95% CI)")
+    ax.legend(fontsize=8)
+    return _save(fig, ax, path, title)
+
+
+def _label_milestones(ax, steps: list[int]) -> None:
+    """A labelled tick at every milestone (a symlog axis labels only powers of ten)."""
+    if 0 < len(steps) <= 8:
+        from matplotlib.ticker import NullLocator
+
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.xaxis.set_minor_locator(NullLocator())
 
 
 def repeats_png(path: Path | str, running: list[dict[str, float]], metric: str, title: str) -> Path:

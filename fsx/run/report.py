@@ -1,0 +1,90 @@
+"""fsx report: a table and plots over many eval runs (a sweep's children, an experiment, or an
+MLflow filter), written to a folder and logged as a run of its own (`fsx.command=report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fsx import tracking
+from fsx.errors import UsageError
+from fsx.evaluation.report import KEYS, Record, build_report
+from fsx.run.compare import check_metric, load_evaluation
+
+EVAL_RUNS = "tags.`fsx.command` = 'eval' and attributes.status = 'FINISHED'"
+
+
+def select_runs(tracking_uri: str, experiment: str, parent: str | None, filter_string: str | None) -> tuple[list[dict], str]:
+    """The finished eval runs chosen, oldest first, and the choice in words."""
+    user = (filter_string or "").strip()
+    found = tracking.search_runs(tracking_uri, experiment, " and ".join(f for f in (EVAL_RUNS, user) if f), parent)
+    found = [run for run in found if run["tags"].get("fsx.multirun") != "parent"]  # a sweep's parent holds no evaluation
+    where = f"the children of run {parent}" if parent else f"experiment '{experiment}'"
+    selection = where + (f" matching `{user}`" if user else "")
+    if not found:
+        hint = " (--parent takes a sweep's parent run: `fsx eval -m ...` prints its id)" if parent else ""
+        raise UsageError(f"no FINISHED eval runs in {selection} at {tracking_uri}{hint}; run `fsx eval` first, or widen --filter")
+    return found, selection
+
+
+def _labels(run: dict, tasks: list[dict]) -> dict[str, str]:
+    """What the run evaluated: its tags, and ways/shots of its tasks (the params when absent)."""
+    tags, params, task = run["tags"], run["params"], tasks[0] if tasks else {}
+    return {
+        **{k: tags.get(f"fsx.{k}", "?") for k in ("algorithm", "detector", "backbone", "dataset", "fold")},
+        "ways": str(task.get("ways", params.get("ways", "?"))),
+        "shots": str(task.get("shots", params.get("shots", "?"))),
+    }
+
+
+def run_report(
+    tracking_uri: str,
+    experiment: str = "fsx",
+    parent: str | None = None,
+    filter_string: str | None = None,
+    metric: str = "AP50",
+    out: str | Path = "report",
+    log: bool = True,
+    baseline: str | None = None,
+) -> str:
+    tracking.check_store(tracking_uri)
+    found, selection = select_runs(tracking_uri, experiment, parent, filter_string)
+    records = []
+    for run in found:
+        evaluation = load_evaluation(run["id"], tracking_uri, experiment)
+        records.append(Record(evaluation, _labels(run, evaluation.tasks), run["id"]))
+    check_metric([r.evaluation for r in records], metric)
+    out = Path(out)
+    try:
+        report = build_report(records, metric, out, baseline, selection)
+    except ValueError as e:  # an unknown baseline
+        raise UsageError(f"--baseline: {e}") from None
+    (out / "report.md").write_text(report.markdown)
+    (out / "report.csv").write_text(report.csv)
+    files = [out / "report.md", out / "report.csv", *report.pngs]
+
+    text = report.markdown.split("\n## Plots")[0].rstrip()
+    text += f"\n\nwrote {out}/: report.md, report.csv" + (f", {len(report.pngs)} PNG(s): {', '.join(p.name for p in report.pngs)}" if report.pngs else "")
+    if log:
+        text += f"\nMLflow run: {_log(tracking_uri, found, records, files, metric, selection, parent, filter_string, baseline)}"
+    return text
+
+
+def _log(tracking_uri: str, found: list[dict], records: list[Record], files: list[Path], metric: str, selection: str, parent, filter_string, baseline) -> str:
+    """A run beside the eval runs holding the report, tagged like them with what it covers."""
+    values = {k: ",".join(dict.fromkeys(r.labels[k] for r in records)) for k in KEYS}
+    tags = {
+        "fsx.command": "report",
+        **{f"fsx.{k}": values[k] for k in ("dataset", "fold", "algorithm", "detector", "backbone")},
+        "fsx.metric": metric,
+        **({"fsx.report_parent": parent} if parent else {}),
+    }
+    settings = {"command": "report", "metric": metric, "parent": parent, "filter": filter_string, "baseline": baseline}
+    name = f"report {metric} over {len(found)} eval runs"
+    with tracking.open_run(tracking_uri, found[0]["experiment"], name, tags) as run:
+        run.log_text(yaml.safe_dump(settings, sort_keys=False), "config.yaml")
+        run.log_dict({"kind": "report", "selection": selection, "runs": [r["id"] for r in found]}, "manifest.json")
+        for path in files:
+            run.log_file(path, "report")
+    return run.id
