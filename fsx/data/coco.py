@@ -50,12 +50,9 @@ class CocoSet:
     @classmethod
     def load(cls, annotation_file: Path | str, image_root: Path | str | None = None) -> "CocoSet":
         path = Path(annotation_file)
-        try:
-            coco = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"annotation file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"annotation file {path} is not valid JSON: {e}") from None
+        coco = read_json(path, "annotation file")
+        if not isinstance(coco, dict):
+            raise UsageError(f"annotation file {path} is not COCO format: it holds a {type(coco).__name__}, not an object")
         for key in ("images", "annotations", "categories"):
             if key not in coco:
                 raise UsageError(f"annotation file {path} is not COCO format: it has no '{key}' list")
@@ -154,6 +151,16 @@ class CocoSet:
             for a in self.annotations(img["id"]):
                 digest.update(f"{a['category_id']}:{','.join(f'{v:.2f}' for v in a['bbox'])};".encode())
         return digest.hexdigest()[:16]
+
+
+def read_json(path: Path, what: str):
+    """A JSON file's content; a missing or malformed file is a usage error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def _quiet_index(gt: COCO) -> None:

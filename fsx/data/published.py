@@ -12,13 +12,12 @@ seed, class, K), so the same list always gives the same boxes; the task manifest
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from fsx.data.coco import CocoSet
+from fsx.data.coco import CocoSet, read_json
 from fsx.data.shots import Task, instance_task
 from fsx.errors import UsageError
 
@@ -70,10 +69,7 @@ def _voc_list(pool: CocoSet, path: Path, category_id: int, shots: int, seed: int
 
 
 def _coco_list(pool: CocoSet, path: Path, category_id: int) -> list[tuple[int, list[int]]]:
-    try:
-        listed = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    listed = read_json(path, "sample list")
     grouped: dict[int, list[int]] = {}
     known = set(pool.image_ids)
     for ann in listed.get("annotations", []):

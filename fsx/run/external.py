@@ -7,12 +7,11 @@ identical metric code."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import tempfile
 from pathlib import Path
 
-from fsx.data.coco import CocoSet
+from fsx.data.coco import CocoSet, read_json
 from fsx.data.custom import checked_coco
 from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import detection_metrics
@@ -28,12 +27,7 @@ NOT_A_MODEL = {group: {"name": "external"} for group in ("algorithm", "detector"
 def read_detections(path: Path, gt: CocoSet) -> list[dict]:
     """The results file, checked: a list of {image_id, category_id, bbox [x, y, w, h], score}
     whose images and categories are in the ground truth."""
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"eval.detections={path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"eval.detections={path} is not valid JSON: {e}") from None
+    results = read_json(path, "eval.detections:")
     if not isinstance(results, list):
         raise UsageError(f"eval.detections={path}: expected a list of detections (COCO results format), got a {type(results).__name__}")
     images = set(gt.image_ids)
