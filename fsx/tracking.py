@@ -425,7 +425,7 @@ def mark_killed(tracking_uri: str, run_id: str) -> None:
 
 
 def search_runs(tracking_uri: str, experiment: str, filter_string: str = "", parent_run_id: str | None = None) -> list[dict]:
-    """[{id, name, status, tags, params}] of the runs matching an MLflow filter string, oldest
+    """[{id, name, status, experiment, tags, params}] of the runs matching an MLflow filter string, oldest
     first: in the experiment, or, with `parent_run_id`, among that run's children (in the
     parent's experiment). Unknown experiments, parents and bad filters are usage errors."""
     client = _client(tracking_uri)
@@ -444,4 +444,8 @@ def search_runs(tracking_uri: str, experiment: str, filter_string: str = "", par
         runs = client.search_runs([experiment_id], filter_string=filter_string, order_by=["attributes.start_time ASC"], max_results=50000)
     except Exception as e:  # noqa: BLE001 - MlflowException: a filter MLflow cannot parse
         raise UsageError(f"--filter: MLflow cannot use the filter string {filter_string!r}: {str(e).splitlines()[0]}") from None
-    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": dict(r.data.tags), "params": dict(r.data.params)} for r in runs]
+    names = {e: client.get_experiment(e).name for e in {r.info.experiment_id for r in runs}}
+    return [
+        {"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "experiment": names[r.info.experiment_id], "tags": dict(r.data.tags), "params": dict(r.data.params)}
+        for r in runs
+    ]
