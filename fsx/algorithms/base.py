@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fsx.data.coco import CocoSet
+from fsx.errors import UsageError
 
 
 @dataclasses.dataclass
@@ -50,6 +51,14 @@ class Algorithm(abc.ABC):
 
     def describe(self) -> dict[str, str]:
         """Policies worth a line in the MLflow record (logged as params `algorithm.<key>`)."""
+        return {}
+
+    def distributed_plan(self, processes: int) -> dict:
+        """How `processes` processes share the work: the effective batch, the learning rate
+        used and its scaling rule (logged as params `distributed.<key>`). Raises UsageError
+        where the algorithm cannot be shared."""
+        if processes > 1:
+            raise UsageError(f"algorithm={self.name} trains in one process; run it without torchrun or trainer.devices (standard, tfa, reptile and joint train in several)")
         return {}
 
     @abc.abstractmethod

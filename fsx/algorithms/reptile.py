@@ -9,6 +9,10 @@ linearly from `beta` to `beta_final` over the run:
 
 `joint` is the same with n = 1 (RT Table 6.2b): one step per task, averaged.
 
+Several processes (torchrun) share the |B| tasks of a meta-iteration: task t runs on process
+t mod world_size from the same θ, one all-reduce sums the adapted weights, and every process
+makes the same meta-update, the one a single process makes over the same tasks.
+
 The inner loop is the project's one training loop (`engine.loop.train`) on the task's
 images; nothing is hand-written per module.
 """
@@ -20,6 +24,7 @@ from torch import nn
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
 from fsx.algorithms.episodes import Episode, EpisodeSampler
+from fsx.engine import distributed
 from fsx.engine.loop import infinite_batches, optimizer_step, train
 from fsx.errors import UsageError
 
@@ -84,33 +89,59 @@ class Reptile(Algorithm):
         frac = (iteration - 1) / self.total_steps
         return self.beta + (self.beta_final - self.beta) * frac
 
+    def distributed_plan(self, processes: int) -> dict:
+        if processes > 1 and self.meta_batch < processes:
+            raise UsageError(f"algorithm.meta_batch={self.meta_batch} tasks cannot be shared among {processes} processes: give every process at least one task (meta_batch >= {processes})")
+        if processes > 1 and self.inner_state == "carry":
+            raise UsageError(f"algorithm.inner_state=carry carries one Adam state from task to task, which {processes} processes running tasks side by side cannot: use inner_state=reset")
+        share = {-(-self.meta_batch // processes), self.meta_batch // processes}
+        return {
+            "tasks_per_process": " or ".join(str(n) for n in sorted(share, reverse=True)),
+            "effective_batch": f"{self.meta_batch} tasks x {self.inner_batch} images per inner step, as in one process",
+            "lr": self.inner_lr,
+            "lr_scaling": "none: the processes share the meta-batch's tasks; every step is the one-process step",
+        }
+
     # --- the algorithm -----------------------------------------------------------
     def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+        self.distributed_plan(distributed.world_size())  # refuses what cannot be shared among the processes
         self.total_steps = steps
         sampler = EpisodeSampler(data, self.ways, self.shots, rotate=self.rotate, transform=data.dataset.transform)
         self._restore_inner_state(model)
+        distributed.broadcast_from_main(list(model.state_dict().values()))  # every process starts from rank 0's θ
+        # task t of the meta-batch runs on process t mod world_size; each is drawn from
+        # (seed, iteration, t) alone, so the processes draw the tasks one process would
+        mine = range(distributed.rank(), self.meta_batch, distributed.world_size())
 
         def meta_batches():
             iteration = start_step
             while True:
                 iteration += 1
-                yield iteration, [sampler.sample(seed, iteration, t) for t in range(self.meta_batch)]
+                yield iteration, [sampler.sample(seed, iteration, t) for t in mine]
 
         def step(item) -> dict[str, float]:
             iteration, episodes = item
             return self.meta_step(model, episodes, device, self.beta_at(iteration), amp)
 
-        return train(model, step, meta_batches(), steps, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step)
+        return train(model, step, meta_batches(), steps, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main())
 
     def meta_step(self, model: nn.Module, episodes: list[Episode], device: torch.device, beta: float, amp: bool = True) -> dict[str, float]:
-        """One meta-iteration over `episodes`; returns the mean inner losses and β."""
+        """One meta-iteration over `episodes`; returns the mean inner losses and β.
+
+        With several processes `episodes` is this process's share of the meta-batch. One
+        all-reduce sums the adapted weights, the task and step counts and the loss sums over
+        the processes, so every process moves θ toward the mean over all |B| tasks (uneven
+        shares included): the step one process makes with the whole meta-batch.
+        """
         params = [p for p in model.parameters() if p.requires_grad]
         buffers = [b for b in model.buffers() if b.is_floating_point()]
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
             theta_buffers = [b.detach().clone() for b in buffers]
-            mean = [torch.zeros_like(p) for p in params]
-            mean_buffers = [torch.zeros_like(b) for b in buffers]
+            total = [torch.zeros_like(p) for p in params]
+            total_buffers = [torch.zeros_like(b) for b in buffers]
+        counters = [b for b in model.buffers() if not b.is_floating_point()]  # BN's num_batches_tracked
+        counted = [c.clone() for c in counters]
         seen: list[dict[str, float]] = []
         first: list[float] = []
         for episode in episodes:
@@ -127,16 +158,34 @@ class Reptile(Algorithm):
 
             train(model, optimizer_step(model, optimizer, device, amp, self.clip_norm), batches, self.inner_steps, desc="inner", on_step=record, show_progress=False)
             with torch.no_grad():
-                _add(mean, params, 1 / len(episodes))
-                _add(mean_buffers, buffers, 1 / len(episodes))
+                _add(total, params, 1)
+                _add(total_buffers, buffers, 1)
+        sums = {k: sum(s[k] for s in seen) for k in seen[0]}
+        steps_seen, first_sum, tasks = len(seen), sum(first), len(episodes)
+        if distributed.is_distributed():
+            dtype = theta[0].dtype if theta else torch.float32
+            stats = torch.tensor([*sums.values(), steps_seen, first_sum, tasks], dtype=dtype, device=device)
+            increments = torch.cat([(c - s).reshape(-1) for c, s in zip(counters, counted)]).to(dtype) if counters else stats.new_zeros(0)
+            distributed.all_reduce_sum(total + total_buffers + [stats, increments])
+            *loss_sums, steps_seen, first_sum, tasks = stats.tolist()
+            sums = dict(zip(sums, loss_sums))
+            with torch.no_grad():  # the counters count every process's inner steps, as in one process
+                offset = 0
+                for c, s in zip(counters, counted):
+                    c.copy_(s + increments[offset : offset + c.numel()].round().to(c.dtype).view_as(c))
+                    offset += c.numel()
         with torch.no_grad():
+            if total:
+                torch._foreach_div_(total, tasks)
+            if total_buffers:
+                torch._foreach_div_(total_buffers, tasks)
             # lerp, not θ + β(θ' − θ): with β = 1 it lands exactly on the tasks' mean
-            _lerp(theta, mean, beta)
-            _lerp(theta_buffers, mean_buffers, beta)
+            _lerp(theta, total, beta)
+            _lerp(theta_buffers, total_buffers, beta)
             _copy(params, theta)
             _copy(buffers, theta_buffers)
-        out = {k: sum(s[k] for s in seen) / len(seen) for k in seen[0]}
-        out["first_step_loss"] = sum(first) / len(first)
+        out = {k: v / steps_seen for k, v in sums.items()}
+        out["first_step_loss"] = first_sum / tasks
         out["beta"] = beta
         return out
 

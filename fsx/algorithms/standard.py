@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
+from fsx.engine import distributed
 from fsx.engine.loop import infinite_batches, optimizer_step, train, warmup_step_schedule
 from fsx.errors import UsageError
 
@@ -32,9 +33,28 @@ class Standard(Algorithm):
         if self._pending_state:
             self._optimizer.load_state_dict(self._pending_state["optimizer"])
             self._scheduler.load_state_dict(self._pending_state["scheduler"])
-        batches = infinite_batches(data.dataset, self.batch_size, seed, skip=start_step)
-        step = optimizer_step(model, self._optimizer, device, amp, self.clip_norm)
-        return train(model, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step)
+        # Several processes: DDP averages the gradients during backward, each process draws its
+        # share of every global batch (same order, every world_size-th image), so one step sees
+        # effective_batch images; the logged losses are the mean over the processes.
+        batches = infinite_batches(data.dataset, self.batch_size, seed, skip=start_step, rank=distributed.rank(), world_size=distributed.world_size())
+        trained = distributed.data_parallel(model, device)
+        step = optimizer_step(trained, self._optimizer, device, amp, self.clip_norm)
+        if distributed.is_distributed():
+            step = distributed.averaged_losses(step, device)
+        return train(trained, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main())
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimiser step over all the processes of this run."""
+        return self.batch_size * distributed.world_size()
+
+    def distributed_plan(self, processes: int) -> dict:
+        return {
+            "batch_per_process": self.batch_size,
+            "effective_batch": self.batch_size * processes,
+            "lr": self.lr,
+            "lr_scaling": "none: the configured lr at any world size (more processes = a larger effective batch at the same lr)",
+        }
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)

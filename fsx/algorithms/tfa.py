@@ -53,8 +53,18 @@ class TFA(Standard):
 
     @property
     def effective_lr(self) -> float:
-        """The linear scaling rule: LR x real batch / the batch the LR was tuned for."""
-        return self.lr * self.batch_size / self.reference_batch
+        """The linear scaling rule: LR x real batch / the batch the LR was tuned for. The real
+        batch is the effective one (batch_size x processes), so 2 processes of batch 8 train,
+        and write the stage-2 recipe, exactly as 1 process of batch 16."""
+        return self.lr * self.effective_batch / self.reference_batch
+
+    def distributed_plan(self, processes: int) -> dict:
+        effective = self.batch_size * processes
+        return {
+            **super().distributed_plan(processes),
+            "lr": self.lr * effective / self.reference_batch,
+            "lr_scaling": f"linear: lr {self.lr:g} x effective batch {effective} / reference_batch {self.reference_batch}",
+        }
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=self.effective_lr, momentum=self.momentum, weight_decay=self.weight_decay)
@@ -74,7 +84,7 @@ class TFA(Standard):
     def describe(self) -> dict[str, str]:
         return {
             "optimizer": f"sgd momentum {self.momentum}, weight decay {self.weight_decay}",
-            "effective_batch": str(self.batch_size),
+            "effective_batch": str(self.effective_batch),
             "effective_lr": f"{self.effective_lr:g} (lr {self.lr:g} at batch {self.reference_batch}, scaled linearly)",
             "stage2": f"box predictor only ({self.classifier} classifier), sgd lr {self.effective_lr * self.finetune_lr_factor:g}",
         }

@@ -14,22 +14,28 @@ from fsx.engine.interrupt import at_step_boundaries, check
 from fsx.progress import progress
 
 
-def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0) -> Iterator[tuple[list, list]]:
+def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[tuple[list, list]]:
     """Shuffled batches forever, a new permutation each epoch, reproducible from `seed`.
 
     A batch never repeats an image: with fewer images than `batch_size` it holds them all.
     `skip` batches are passed over without loading them, so a resumed run at step `skip`
     sees exactly the batches the uninterrupted run saw.
+
+    With `world_size` processes, each draws the same global batch of world_size x batch_size
+    images (the same seed, the same order) and takes every world_size-th image of it from
+    position `rank`: together they see what one process with the global batch would.
     """
     generator = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, len(dataset))
+    if len(dataset) < world_size:
+        raise ValueError(f"{len(dataset)} images cannot feed {world_size} processes")
+    batch_size = min(batch_size * world_size, len(dataset))
     while True:
         order = torch.randperm(len(dataset), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
             if skip > 0:
                 skip -= 1
                 continue
-            yield collate([dataset[i] for i in order[start : start + batch_size]])
+            yield collate([dataset[i] for i in order[start + rank : start + batch_size : world_size]])
 
 
 def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):

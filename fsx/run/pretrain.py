@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from fsx import tracking
 from fsx.algorithms import PretrainData, build_algorithm
 from fsx.data.coco import DetectionDataset
 from fsx.data.folds import hold_out
 from fsx.data.transforms import build_transform
+from fsx.engine import distributed
 from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
 from fsx.engine.device import resolve_device, seed_everything
 from fsx.errors import UsageError
@@ -23,6 +26,21 @@ from fsx.models.detectors import build_detector
 from fsx.models.heads import frozen_norm_layers
 from fsx.run.checks import check_pretrain
 from fsx.run.wiring import benchmark_split, log_checkpoint, new_model_spec, output_dir, plain, recorded_run, resumed_config
+
+
+class Unrecorded:
+    """The run a process other than the main one logs to: nothing (rank 0 records the run)."""
+
+    id = None
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        pass
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        pass
 
 
 def budget(cfg, algorithm) -> int:
@@ -72,14 +90,78 @@ def resume_point(cfg) -> tuple[dict, Path | None, str | None]:
     return payload, own, run_id
 
 
+def launch(devices: int) -> dict:
+    """trainer.devices=N: this same command again as N processes under torchrun (one per GPU,
+    or N CPU processes), which train one model; returns when they have all finished."""
+    import signal
+    import subprocess
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        raise UsageError(f"trainer.devices={devices} starts processes from the command line (fsx pretrain trainer.devices={devices} ...); from Python, start torchrun yourself") from None
+    if hc.mode == RunMode.MULTIRUN:
+        raise UsageError(f"trainer.devices={devices} trains one configuration at a time, not the jobs of a multirun (-m): run the configurations one by one")
+    flags = [f"--config-dir={s.path}" for s in hc.runtime.config_sources if s.provider == "command-line" and s.schema == "file"]
+    flags += [f"--config-name={hc.job.config_name}"] if hc.job.config_name != "pretrain" else []
+    hydra_overrides = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", "fsx", "pretrain", *flags, *hc.overrides.task, *hydra_overrides]
+    print(f"fsx pretrain: trainer.devices={devices}: {' '.join(command)}", flush=True)
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except BaseException:  # Ctrl-C or SIGTERM: torchrun hands it on to the processes, which save last.pt
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        raise
+    if code:
+        raise SystemExit(code)  # the processes have said why
+    return {"run_id": None, "processes": devices}
+
+
 def pretrain(cfg) -> dict:
-    resume, last_path, resume_run = resume_point(cfg) if cfg.resume else (None, None, None)
+    """Pretrain in this process, or as one of the processes torchrun started (WORLD_SIZE > 1),
+    or start trainer.devices processes."""
+    devices = int(OmegaConf.select(cfg, "trainer.devices", default=1))
+    if devices < 1:
+        raise UsageError(f"trainer.devices={devices} must be at least 1")
+    if devices > 1 and not distributed.launched():
+        check_pretrain(cfg)
+        build_algorithm(**plain(cfg.algorithm)).distributed_plan(devices)  # refused here, not by every process
+        return launch(devices)
+    if devices > 1 and int(os.environ["WORLD_SIZE"]) != devices:
+        raise UsageError(f"trainer.devices={devices} but torchrun started {os.environ['WORLD_SIZE']} processes: drop trainer.devices when you start torchrun yourself")
+    if distributed.launched():
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        except ValueError:
+            multirun = False
+        if multirun:
+            raise UsageError("torchrun runs one pretraining, not a multirun (-m): start torchrun once per configuration")
+    timeout = float(OmegaConf.select(cfg, "trainer.timeout_s", default=distributed.TIMEOUT_S))
+    with distributed.process_group(resolve_device(cfg.device), timeout_s=timeout) as device:
+        return train_here(cfg, device)
+
+
+def train_here(cfg, device: torch.device) -> dict:
+    """The pretraining itself, in this process (one of several when torchrun started it: then
+    rank 0 alone opens the MLflow run, logs and writes checkpoints)."""
+    main = distributed.is_main()
+    # the store is read by the main process only; the others get what it found
+    resume, last_path, resume_run = distributed.on_main(lambda: resume_point(cfg)) if cfg.resume else (None, None, None)
     if resume is not None:
         cfg = resumed_config(cfg, resume.get("config"))
     check_pretrain(cfg)
-    device = resolve_device(cfg.device)
     dataset_cfg = plain(cfg.dataset)
-    split = benchmark_split(dataset_cfg)
+    with distributed.main_first():  # rank 0 generates or converts the data once, the others read it
+        split = benchmark_split(dataset_cfg)
     train_set, val_set = hold_out(split.train, int(cfg.train.val_images), int(dataset_cfg["split_seed"]))
     names = list(split.fold.base)
     if not names or not len(split.train):
@@ -103,6 +185,10 @@ def pretrain(cfg) -> dict:
     if allowed and cfg.detector.name not in allowed:
         raise UsageError(f"algorithm={cfg.algorithm.name} is defined for detector={' or '.join(allowed)}, not {cfg.detector.name}: add detector={allowed[0]}")
     steps = budget(cfg, algorithm)
+    processes = distributed.world_size()
+    plan = {"world_size": processes, "backend": distributed.backend(), **algorithm.distributed_plan(processes)}
+    if processes > 1 and main:  # said, not only logged: the GPU count changes the effective batch
+        print(f"fsx pretrain: {processes} processes ({plan['backend']}): " + "; ".join(f"{k} {v}" for k, v in plan.items() if k not in ("world_size", "backend")), flush=True)
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
     data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform))
     spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
@@ -114,7 +200,7 @@ def pretrain(cfg) -> dict:
     config = plain(cfg)
     last_path = last_path or output_dir() / "checkpoints" / "last.pt"
     frozen = frozen_norm_layers(model)
-    if frozen and algorithm.task_sized_head:
+    if frozen and algorithm.task_sized_head and main:
         print(
             f"note: the backbone has {frozen} frozen batch-norm layers (backbone.norm=frozen_bn): their scale and shift are "
             f"buffers, so {cfg.algorithm.name}'s inner loop cannot adapt them; backbone.norm=bn makes them parameters",
@@ -125,7 +211,8 @@ def pretrain(cfg) -> dict:
     if resume:
         extra_tags.update({"fsx.resumed_from": str(cfg.resume), "fsx.resumed_at_step": str(start_step)})
     name = f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}"
-    with recorded_run(cfg, "pretrain", dataset_cfg, run_name=name, extra_tags=extra_tags, resume_run_id=resume_run) as run:
+    recording = recorded_run(cfg, "pretrain", dataset_cfg, run_name=name, extra_tags=extra_tags, resume_run_id=resume_run) if main else contextlib.nullcontext(Unrecorded())
+    with recording as run:
         if not resume_run:
             run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
             run.log_params(
@@ -135,6 +222,7 @@ def pretrain(cfg) -> dict:
                     "device_used": str(device),
                     "algorithm": algorithm.describe(),
                     "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step()},
+                    "distributed": plan,
                 }
             )
         window: list[float] = []
@@ -159,13 +247,13 @@ def pretrain(cfg) -> dict:
             window.append(losses["loss"])
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log_metrics({f"train/{k}": v for k, v in losses.items()}, step=step)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < steps:
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < steps and main:
                 save_last(step)
 
         try:
             last = algorithm.pretrain(model, data, steps, device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
         except KeyboardInterrupt:
-            if done[0] > start_step:
+            if done[0] > start_step and main:
                 save_last(done[0])
                 print(f"\ninterrupted after step {done[0]}; continue with: fsx pretrain resume=runs:/{run.id} (or resume={last_path})", flush=True)
             raise
@@ -174,6 +262,8 @@ def pretrain(cfg) -> dict:
         final_loss = sum(tail) / len(tail) if tail else float("nan")
         run.log_metrics({"train/final_loss": final_loss, "train/seconds": seconds, "train/steps_per_second": (last - start_step) / max(seconds, 1e-9)}, step=last)
         val = {}
+        if not main:  # the main process validates and stores the model
+            return {"run_id": None, "steps": last, "final_loss": final_loss, "val": val}
         if len(val_set) and not algorithm.task_sized_head:
             results = predict(model, DetectionDataset(val_set, class_ids), device, batch_size=int(cfg.eval.batch_size), amp=bool(cfg.amp), desc="validate")
             val = detection_metrics(val_set, results, class_ids)

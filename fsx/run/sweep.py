@@ -41,6 +41,8 @@ def config_hash(config: dict) -> str:
     kept = {k: v for k, v in config.items() if k not in UNHASHED}
     if isinstance(kept.get("dataset"), dict):  # the cache folder is this machine's, not the data
         kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "cache_dir"}
+    if isinstance(kept.get("trainer"), dict):  # how long processes wait for each other changes no result
+        kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k != "timeout_s"}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
