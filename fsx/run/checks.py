@@ -95,6 +95,46 @@ def check_external(cfg) -> None:
             raise UsageError(f"eval.{key}={cfg.eval[key]}: no such file")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")  # fsx detect, any case
+DETECT_SORTS = ("image_id", "confidence", "uncertainty")
+
+
+def check_detect(cfg) -> None:
+    """fsx detect: the images exist and a folder holds at least one image file (the walk
+    stops at the first); the ranges; the checkpoint. A COCO JSON's contents are checked when
+    it is read."""
+    import os
+
+    d = cfg.detect
+    if d.images in (None, ""):
+        raise UsageError("fsx detect needs images: add detect.images=<a folder of images, one image file or a COCO JSON> (or images=... for short)")
+    path = Path(str(d.images)).expanduser()
+    if not path.exists():
+        raise UsageError(f"detect.images={d.images}: no such folder or file")
+    if path.is_dir():
+        found = False
+        for _, dirs, files in os.walk(path):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]  # as fsx detect lists them: hidden ones skipped
+            found = any(name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".") for name in files)
+            if found:
+                break
+        if not found:
+            raise UsageError(f"detect.images={d.images}: no image files ({' '.join(IMAGE_SUFFIXES)}, any case) in this folder or below")
+    elif path.suffix.lower() not in IMAGE_SUFFIXES + (".json",):
+        raise UsageError(f"detect.images={d.images}: give a folder of images, one image file ({' '.join(IMAGE_SUFFIXES)}) or a COCO JSON")
+    if d.image_root not in (None, "") and not Path(str(d.image_root)).expanduser().is_dir():
+        raise UsageError(f"detect.image_root={d.image_root}: no such folder")
+    if not 0 <= d.score_threshold <= 1:
+        raise UsageError(f"detect.score_threshold={d.score_threshold} must be between 0 and 1")
+    if d.batch_size < 1:
+        raise UsageError(f"detect.batch_size={d.batch_size} must be at least 1")
+    if d.max_render < 0:
+        raise UsageError(f"detect.max_render={d.max_render} must be >= 0 (0: render nothing, an empty page)")
+    if d.sort not in DETECT_SORTS:
+        raise UsageError(f"detect.sort={d.sort}: choose one of {', '.join(DETECT_SORTS)}")
+    check_checkpoint(cfg)
+
+
 def precheck(verb: str, cfg) -> None:
     if verb == "pretrain":
         check_pretrain(cfg)
@@ -107,3 +147,5 @@ def precheck(verb: str, cfg) -> None:
             check_external(cfg)
         else:
             check_checkpoint(cfg)
+    elif verb == "detect":
+        check_detect(cfg)
