@@ -20,10 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from fsx.data.choices import IMAGE_SUFFIXES
 from fsx.data.coco import CocoSet
 from fsx.errors import UsageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOLERANCE = 1.0  # a pixel of slack at the image border: VOC's 1-based maxima may equal the size
 
 

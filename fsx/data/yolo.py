@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from fsx.data.choices import IMAGE_SUFFIXES
 from fsx.data.coco import CocoSet
-from fsx.data.voc import IMAGE_SUFFIXES
 from fsx.errors import UsageError
 
 SPLITS = ("train", "val", "test")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsx.data.choices import RECORD_MODES, SAMPLERS
+from fsx.data.choices import IMAGE_SUFFIXES, RECORD_MODES, SAMPLERS
 from fsx.errors import UsageError
 
 
@@ -95,7 +95,6 @@ def check_external(cfg) -> None:
             raise UsageError(f"eval.{key}={cfg.eval[key]}: no such file")
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")  # fsx detect, any case
 DETECT_SORTS = ("image_id", "confidence", "uncertainty")
 
 
