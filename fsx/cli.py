@@ -30,6 +30,7 @@ app = typer.Typer(
         "  fsx adapt checkpoint=runs:/<id> shots=5     # 5-way 5-shot on the novel letters\n"
         "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx detect checkpoint=latest:adapt images=photos/   # boxes on your images, a browsable page\n"
+        "  fsx loop checkpoint=latest experiment=loop_letters  # simulated annotate -> adapt -> evaluate loop\n"
         "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
         "`fsx VERB --cfg job` prints every key. Exit codes: 0 ok, 2 bad usage or input, 130/143 "
         "stopped by Ctrl-C/SIGTERM (resumable), 1 other failures. `fsx runs clean` marks runs of "
@@ -298,7 +299,7 @@ def _runner(verb: str) -> Callable:
     from fsx.engine.interrupt import install
 
     install()  # in this job's process too (a joblib worker is not the main process)
-    module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate"), "detect": ("detect", "detect")}[verb]
+    module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate"), "detect": ("detect", "detect"), "acquire": ("acquire", "acquire"), "loop": ("loop", "loop")}[verb]
     runner = getattr(importlib.import_module(f"fsx.run.{module}"), function)
     from fsx.engine.device import flush_denormals
 
@@ -378,6 +379,28 @@ _verb(
     "detections.html (one self-contained page: by image or by detection, sorted by confidence, uncertainty "
     "or image id, a score slider). detect.sort=image_id|confidence|uncertainty orders the table and picks "
     "the images rendered.",
+)
+
+_verb(
+    "acquire",
+    "Choose the next images to annotate: the task's support (ways, shots, task_seed, sampler: as fsx adapt "
+    "samples it) is what is annotated; the pool is the rest of test-adapt. The checkpoint (adapted on the "
+    "support first when it is not already adapted to the task's classes) scores the pool, each image gets an "
+    "uncertainty (acquire.rule=least_confidence | margin | entropy over each box's score s, read as (s, 1 - s), "
+    "aggregated by acquire.aggregate=max | mean | sum; or random), and the top acquire.k go to "
+    "acquire/manifest.json and ranking.csv (acquire.out, default the Hydra run dir; logged to MLflow). "
+    "acquire.pseudo_threshold=0.8 also writes pseudo_labels.json: confident detections on the other pool "
+    "images, marked \"pseudo\": true, never on an annotated image.",
+)
+_verb(
+    "loop",
+    "A simulated feedback loop (annotate -> adapt -> evaluate) where the ground truth plays the annotator: "
+    "start from the task's support (S images), then for loop.rounds rounds adapt (loop.steps, default "
+    "adapt.steps; loop.warm_start), score test-test, and add acquire.k images of the pool chosen by "
+    "acquire.rule. Each round logs at MLflow step = round loop/AP50, loop/AP, loop/images, "
+    "loop/adapt_seconds, loop/eval_seconds, loop/acquire_seconds, loop/annotation_seconds (images added x "
+    "loop.annotation_seconds, default 21 s) and loop/cumulative_seconds; loop/rounds.csv; prints a table. "
+    "loop.patience stops once loop.metric gains less than loop.min_delta. Preset: experiment=loop_letters.",
 )
 
 

@@ -134,6 +134,50 @@ def check_detect(cfg) -> None:
     check_checkpoint(cfg)
 
 
+ACQUIRE_RULES = ("random", "least_confidence", "margin", "entropy")  # fsx.evaluation.acquisition.RULES
+ACQUIRE_AGGREGATES = ("max", "mean", "sum")
+
+
+def check_acquire(cfg) -> None:
+    """fsx acquire (and the acquisition of fsx loop): the task keys, the acquire.* choices and
+    ranges, the checkpoint."""
+    check_adapt(cfg)
+    a = cfg.acquire
+    if a.rule not in ACQUIRE_RULES:
+        raise UsageError(f"acquire.rule={a.rule}: choose one of {', '.join(ACQUIRE_RULES)}")
+    if a.aggregate not in ACQUIRE_AGGREGATES:
+        raise UsageError(f"acquire.aggregate={a.aggregate}: choose one of {', '.join(ACQUIRE_AGGREGATES)}")
+    for key in ("k", "batch_size"):
+        if a[key] < 1:
+            raise UsageError(f"acquire.{key}={a[key]} must be at least 1")
+    if not 0 <= a.min_score <= 1:
+        raise UsageError(f"acquire.min_score={a.min_score} must be between 0 and 1")
+    if a.pseudo_threshold is not None and not 0 < a.pseudo_threshold <= 1:
+        raise UsageError(f"acquire.pseudo_threshold={a.pseudo_threshold} must be in (0, 1], or null (no pseudo-labels)")
+    check_checkpoint(cfg)
+
+
+LOOP_METRICS = ("AP50", "AP", "AP75", "vocAP50")
+
+
+def check_loop(cfg) -> None:
+    """fsx loop: the loop.* ranges, and what fsx acquire checks."""
+    lp = cfg.loop
+    if lp.rounds < 1:
+        raise UsageError(f"loop.rounds={lp.rounds} must be at least 1")
+    if lp.annotation_seconds < 0:
+        raise UsageError(f"loop.annotation_seconds={lp.annotation_seconds} must be >= 0 (seconds to annotate one image)")
+    if lp.steps is not None and lp.steps < 0:
+        raise UsageError(f"loop.steps={lp.steps} must be >= 0 (or null: adapt.steps)")
+    if lp.patience is not None and lp.patience < 1:
+        raise UsageError(f"loop.patience={lp.patience} must be at least 1 (or null: run every round)")
+    if lp.min_delta < 0:
+        raise UsageError(f"loop.min_delta={lp.min_delta} must be >= 0")
+    if lp.metric not in LOOP_METRICS:
+        raise UsageError(f"loop.metric={lp.metric}: choose one of {', '.join(LOOP_METRICS)}")
+    check_acquire(cfg)
+
+
 def precheck(verb: str, cfg) -> None:
     if verb == "pretrain":
         check_pretrain(cfg)
@@ -148,3 +192,7 @@ def precheck(verb: str, cfg) -> None:
             check_checkpoint(cfg)
     elif verb == "detect":
         check_detect(cfg)
+    elif verb == "acquire":
+        check_acquire(cfg)
+    elif verb == "loop":
+        check_loop(cfg)
