@@ -567,7 +567,7 @@ def test_cfg_job_shows_overrides(cfg_job):
     assert not (cwd / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("verb", ["pretrain", "adapt", "eval"])
+@pytest.mark.parametrize("verb", ["pretrain", "adapt", "eval", "detect", "acquire", "loop"])
 def test_verb_help(verb, fsx_env, tmp_path):
     result = ok(fsx_cli([verb, "--help"], tmp_path, fsx_env))
     text = " ".join(result.stdout.split())
@@ -588,7 +588,7 @@ def test_pretrain_help_names_every_algorithm_and_detector(fsx_env, tmp_path):
 
 def test_top_level_help_and_version(fsx_env, tmp_path):
     result = ok(fsx_cli(["--help"], tmp_path, fsx_env))
-    assert all(verb in result.stdout for verb in ("pretrain", "adapt", "eval"))
+    assert all(verb in result.stdout for verb in ("pretrain", "adapt", "eval", "detect", "acquire", "loop", "compare", "report", "data", "models", "runs"))
     assert "override" in result.stdout.lower()
     version = ok(fsx_cli(["--version"], tmp_path, fsx_env))
     assert version.stdout.strip() == f"fsx {fsx.__version__}"
