@@ -94,7 +94,7 @@ def pr_png(path: Path | str, curves: dict[str, dict], title: str) -> Path:
     fig, ax = _axes()
     for name, curve in curves.items():
         if len(curve["recall"]):
-            ax.plot([0.0, *curve["recall"]], [1.0, *curve["precision"]], drawstyle="steps-post", label=f"{name} (AP {curve['ap']:.3f}, {curve['positives']} boxes)")
+            ax.plot([0.0, *curve["recall"]], [1.0, *curve["precision"]], drawstyle="steps-post", label=f"{name} (VOC AP50 {curve['ap']:.3f}, {curve['positives']} boxes)")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
