@@ -16,16 +16,20 @@ from fsx.errors import UsageError
 @dataclasses.dataclass
 class PretrainData:
     """The base-class training data of a fold. Episodic algorithms sample tasks from `source`
-    over `class_ids`; plain training uses all of it at once (`dataset`)."""
+    over `class_ids`; plain training uses all of it at once (`dataset`), loaded by `workers`
+    DataLoader processes (0: in the training process) into pinned memory when `pin_memory`."""
 
     source: CocoSet
     class_ids: list[int]
     class_names: list[str]
     dataset: torch.utils.data.Dataset
+    workers: int = 0
+    pin_memory: bool = False
 
 
-# on_step(step, losses) -> True to stop early (e.g. a checkpoint hook or a time limit)
-StepHook = Callable[[int, dict[str, float]], bool | None]
+# on_step(step, losses) -> True to stop early (e.g. a checkpoint hook or a time limit); the
+# losses are floats at read-back steps, device tensors between (fsx.engine.loop.train)
+StepHook = Callable[[int, dict], bool | None]
 
 
 class Algorithm(abc.ABC):
@@ -62,9 +66,10 @@ class Algorithm(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None, sync_every: int = 1) -> int:
         """Train `model` in place for `steps` budget units (optimiser steps or meta-iterations);
-        return the last step run."""
+        return the last step run. The losses reach `on_step` as floats every `sync_every`
+        steps (fsx.engine.loop.train)."""
 
     def state_dict(self) -> dict:
         """Optimiser and schedule state for resuming (empty when there is none)."""

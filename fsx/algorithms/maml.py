@@ -142,7 +142,7 @@ class MAML(Algorithm):
             self.rates = {n: torch.full(rate_shape(params[n], self.learn_inner_lr), self.inner_lr, device=device, requires_grad=True) for n in self.inner_names}
         self.rates = {n: r if (r.device == device and r.requires_grad) else r.detach().to(device).requires_grad_(True) for n, r in self.rates.items()}
 
-    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None, sync_every: int = 1) -> int:
         self.setup(model, device)
         meta_params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": meta_params}] + ([{"params": list(self.rates.values()), "weight_decay": 0.0}] if self.rates else [])
@@ -159,7 +159,7 @@ class MAML(Algorithm):
                 iteration += 1
                 yield [sampler.sample(seed, iteration, t) for t in range(self.meta_batch)]
 
-        return train(model, lambda episodes: self.meta_step(model, episodes, device, amp), meta_batches(), steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step)
+        return train(model, lambda episodes: self.meta_step(model, episodes, device, amp), meta_batches(), steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, sync_every=sync_every)
 
     # --- the algorithm -----------------------------------------------------------
     def adapt_tensors(self, model: nn.Module, episode: Episode, device: torch.device, amp: bool = True) -> tuple[dict[str, torch.Tensor], float]:

@@ -103,7 +103,7 @@ class Reptile(Algorithm):
         }
 
     # --- the algorithm -----------------------------------------------------------
-    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None, sync_every: int = 1) -> int:
         self.distributed_plan(distributed.world_size())  # refuses what cannot be shared among the processes
         self.total_steps = steps
         sampler = EpisodeSampler(data, self.ways, self.shots, rotate=self.rotate, transform=data.dataset.transform)
@@ -123,7 +123,7 @@ class Reptile(Algorithm):
             iteration, episodes = item
             return self.meta_step(model, episodes, device, self.beta_at(iteration), amp)
 
-        return train(model, step, meta_batches(), steps, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main())
+        return train(model, step, meta_batches(), steps, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main(), sync_every=sync_every)
 
     def meta_step(self, model: nn.Module, episodes: list[Episode], device: torch.device, beta: float, amp: bool = True) -> dict[str, float]:
         """One meta-iteration over `episodes`; returns the mean inner losses and β.

@@ -27,7 +27,7 @@ class Standard(Algorithm):
         self._scheduler = None
         self._pending_state: dict | None = None
 
-    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None) -> int:
+    def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None, sync_every: int = 1) -> int:
         self._optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         self._scheduler = warmup_step_schedule(self._optimizer, steps, min(self.warmup, max(steps // 5, 1)), self.decay_at, self.gamma)
         if self._pending_state:
@@ -36,12 +36,14 @@ class Standard(Algorithm):
         # Several processes: DDP averages the gradients during backward, each process draws its
         # share of every global batch (same order, every world_size-th image), so one step sees
         # effective_batch images; the logged losses are the mean over the processes.
-        batches = infinite_batches(data.dataset, self.batch_size, seed, skip=start_step, rank=distributed.rank(), world_size=distributed.world_size())
+        batches = infinite_batches(
+            data.dataset, self.batch_size, seed, skip=start_step, rank=distributed.rank(), world_size=distributed.world_size(), workers=data.workers, pin_memory=data.pin_memory
+        )
         trained = distributed.data_parallel(model, device)
         step = optimizer_step(trained, self._optimizer, device, amp, self.clip_norm)
         if distributed.is_distributed():
             step = distributed.averaged_losses(step, device)
-        return train(trained, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main())
+        return train(trained, step, batches, steps, scheduler=self._scheduler, start_step=start_step, desc=f"pretrain {self.name}", on_step=on_step, show_progress=distributed.is_main(), sync_every=sync_every)
 
     @property
     def effective_batch(self) -> int:

@@ -222,11 +222,20 @@ class DetectionDataset(torch.utils.data.Dataset):
             "image_id": image_id,
         }
 
-    def __getitem__(self, index: int):
+    takes_draw_keys = True  # fsx.engine.loop.infinite_batches may index it by (index, draw)
+
+    def __getitem__(self, index: int | tuple[int, int]):
+        """Item `index`; with an (index, draw) key, augmented from that draw number (the same
+        in any process: DataLoader workers augment as the training process would)."""
+        draw = None
+        if isinstance(index, tuple):
+            index, draw = index
         image_id = self.ids[index]
         image = self.pixels(image_id).float().div_(255)
         target = self.target(image_id)
         if self.transform is not None:
+            if draw is not None and hasattr(self.transform, "reseed"):
+                self.transform.reseed(draw)
             image, target = self.transform(image, target)
         return image, target
 

@@ -10,9 +10,16 @@ import torch
 
 
 class Compose:
-    def __init__(self, transforms, generator: torch.Generator | None = None):
+    def __init__(self, transforms, generator: torch.Generator | None = None, seed: int | None = None):
         self.transforms = list(transforms)
-        self.generator = generator  # the random state all the parts draw from (saved for a resume)
+        self.generator = generator  # the random state all the parts draw from
+        self.seed = seed
+
+    def reseed(self, draw: int) -> None:
+        """Set the random state for the stream's item number `draw` (a function of the seed and
+        the draw alone, so an item augments the same in any process and after a resume)."""
+        if self.generator is not None:
+            self.generator.manual_seed((int(self.seed or 0) * 1_000_003 + int(draw)) % (2**63))
 
     def __call__(self, image, target):
         for t in self.transforms:
@@ -84,4 +91,4 @@ def build_transform(hflip: float = 0.0, brightness: float = 0.0, contrast: float
         parts.append(RandomHorizontalFlip(hflip, generator))
     if brightness > 0 or contrast > 0:
         parts.append(PhotometricJitter(brightness, contrast, generator))
-    return Compose(parts, generator) if parts else None
+    return Compose(parts, generator, seed) if parts else None

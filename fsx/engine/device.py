@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -25,6 +26,18 @@ def resolve_device(name: str) -> torch.device:
             raise UsageError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     raise UsageError(f"device={name}: choose auto, cpu or cuda")
+
+
+def loader_workers(setting: int | str, device: torch.device, processes: int = 1) -> int:
+    """DataLoader worker processes for a training process: a number (checked by
+    fsx.run.checks), or auto = none on the CPU (there the cores that would decode are the ones
+    training the model; the batch is built between steps) and up to 4 on CUDA, sharing the
+    machine's cores with the other training processes."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) // max(processes, 1) - 1))
 
 
 def autocast(device: torch.device, enabled: bool = True):

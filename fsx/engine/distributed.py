@@ -167,15 +167,15 @@ def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
             dist.broadcast(t, src=0)
 
 
-def averaged_losses(step_fn: Callable[[object], dict[str, float]], device: torch.device) -> Callable[[object], dict[str, float]]:
+def averaged_losses(step_fn: Callable[[object], dict], device: torch.device) -> Callable[[object], dict[str, torch.Tensor]]:
     """`step_fn` whose returned losses are the mean over the processes: the record shows the
     whole effective batch, and a loss that turns non-finite on one rank stops every rank."""
 
-    def step(batch) -> dict[str, float]:
+    def step(batch) -> dict[str, torch.Tensor]:
         losses = step_fn(batch)
-        values = torch.tensor(list(losses.values()), dtype=torch.float64, device=device)
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in losses.values()])
         all_reduce_mean([values])
-        return dict(zip(losses, values.tolist()))
+        return dict(zip(losses, values.unbind()))
 
     return step
 

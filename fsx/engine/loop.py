@@ -14,7 +14,36 @@ from fsx.engine.interrupt import at_step_boundaries, check
 from fsx.progress import progress
 
 
-def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[tuple[list, list]]:
+def batch_keys(size: int, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world_size: int = 1) -> Iterator[list[tuple[int, int]]]:
+    """The keys of `infinite_batches`'s batches: lists of (dataset index, draw), where draw
+    numbers the stream's items from 0 (epoch x size + position), so that an item's random
+    augmentation depends on its place in the stream, not on which process loads it."""
+    generator = torch.Generator().manual_seed(seed)
+    if size < world_size:
+        raise ValueError(f"{size} images cannot feed {world_size} processes")
+    batch_size = min(batch_size * world_size, size)
+    epoch = 0
+    while True:
+        order = torch.randperm(size, generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            if skip > 0:
+                skip -= 1
+                continue
+            yield [(order[p], epoch * size + p) for p in range(start + rank, start + batch_size, world_size)]
+        epoch += 1
+
+
+class _Keys(torch.utils.data.Sampler):
+    """batch_keys as a DataLoader batch sampler (infinite, so it has no length)."""
+
+    def __init__(self, keys: Iterator[list[tuple[int, int]]]):
+        self.keys = keys
+
+    def __iter__(self):
+        return self.keys
+
+
+def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[list, list]]:
     """Shuffled batches forever, a new permutation each epoch, reproducible from `seed`.
 
     A batch never repeats an image: with fewer images than `batch_size` it holds them all.
@@ -24,18 +53,23 @@ def infinite_batches(dataset, batch_size: int, seed: int, skip: int = 0, rank: i
     With `world_size` processes, each draws the same global batch of world_size x batch_size
     images (the same seed, the same order) and takes every world_size-th image of it from
     position `rank`: together they see what one process with the global batch would.
+
+    `workers` > 0 decodes and augments in that many DataLoader worker processes (persistent,
+    prefetching, pinned memory when asked) while the model trains; the batches are the same
+    as with 0, which builds them in this process between steps. A dataset that takes
+    (index, draw) keys (`DetectionDataset`) augments each item from its draw number, so the
+    augmentation is the same too.
     """
-    generator = torch.Generator().manual_seed(seed)
-    if len(dataset) < world_size:
-        raise ValueError(f"{len(dataset)} images cannot feed {world_size} processes")
-    batch_size = min(batch_size * world_size, len(dataset))
-    while True:
-        order = torch.randperm(len(dataset), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            if skip > 0:
-                skip -= 1
-                continue
-            yield collate([dataset[i] for i in order[start + rank : start + batch_size : world_size]])
+    keys = batch_keys(len(dataset), batch_size, seed, skip, rank, world_size)
+    keyed = getattr(dataset, "takes_draw_keys", False)
+    if workers <= 0:
+        for batch in keys:
+            yield collate([dataset[k if keyed else k[0]] for k in batch])
+        return
+    if not keyed:
+        keys = ([k[0] for k in batch] for batch in keys)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_Keys(keys), num_workers=workers, collate_fn=collate, persistent_workers=True, pin_memory=pin_memory, prefetch_factor=4)
+    yield from loader
 
 
 def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
@@ -44,7 +78,7 @@ def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.dev
     return images, targets
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targets, device: torch.device, amp: bool = True, clip_norm: float | None = None) -> dict[str, float]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targets, device: torch.device, amp: bool = True, clip_norm: float | None = None) -> dict[str, torch.Tensor]:
     images, targets = to_device(images, targets, device)
     with autocast(device, amp):
         losses = model(images, targets)
@@ -55,9 +89,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targe
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, clip_norm)
     optimizer.step()
-    out = {k: float(v.detach()) for k, v in losses.items()}
-    out["loss"] = float(loss.detach())
-    return out
+    # the losses stay on the device: reading them back every step would make the host wait for
+    # the device every step; `train` reads them every sync_every steps
+    return {**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()}
 
 
 def warmup_step_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, decay_at: list[float], gamma: float = 0.1):
@@ -72,7 +106,13 @@ def warmup_step_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-StepFn = Callable[[object], dict[str, float]]
+Losses = dict[str, "float | torch.Tensor"]
+StepFn = Callable[[object], Losses]
+
+
+def on_host(losses: Losses) -> dict[str, float]:
+    """Losses as Python floats (reads device tensors back, waiting for the device)."""
+    return {k: float(v) for k, v in losses.items()}
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = True, clip_norm: float | None = None) -> StepFn:
@@ -89,19 +129,24 @@ def train(
     scheduler=None,
     start_step: int = 0,
     desc: str = "train",
-    on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
+    on_step: Callable[[int, Losses], bool | None] | None = None,
     stop_on_nonfinite: bool = True,
     train_mode: Callable[[nn.Module], None] | None = None,
     show_progress: bool = True,
+    sync_every: int = 1,
 ) -> int:
     """Run steps start_step+1..steps: each takes the next item of `batches` and hands it to
     `step_fn`, which updates the model and returns its losses. Every algorithm uses this loop:
     plain training steps once per batch, a meta-learner runs a whole meta-iteration per item.
 
-    `on_step(step, losses)` may return True to stop. Returns the last step run. A non-finite
-    loss stops training with a clear error, unless `stop_on_nonfinite` is off because the
-    caller handles divergence itself (adaptation rolls back). `train_mode(model)` replaces
-    `model.train()` when parts must stay in eval mode.
+    The losses are read back to the host every `sync_every` steps and at the last step
+    (`train.log_every` in pretraining), so the device is not made to wait each step;
+    `on_step(step, losses)` gets floats at those steps and the step function's own values
+    (device tensors for plain training) between them, and may return True to stop. Returns
+    the last step run. A non-finite loss (seen at a read-back) stops training with a clear
+    error, unless `stop_on_nonfinite` is off because the caller handles divergence itself
+    (adaptation rolls back). `train_mode(model)` replaces `model.train()` when parts must stay
+    in eval mode.
     """
     train_mode(model) if train_mode is not None else model.train()
     bar = progress(total=steps - start_step, desc=desc, enabled=show_progress)
@@ -110,12 +155,14 @@ def train(
         try:
             for step in range(start_step + 1, steps + 1):
                 losses = step_fn(next(batches))
-                if stop_on_nonfinite and not math.isfinite(losses["loss"]):
-                    raise FloatingPointError(f"{desc}: loss became {losses['loss']} at step {step}; lower the learning rate")
+                if step % sync_every == 0 or step == steps:
+                    losses = on_host(losses)
+                    if stop_on_nonfinite and not math.isfinite(losses["loss"]):
+                        raise FloatingPointError(f"{desc}: loss became {losses['loss']} at step {step}; lower the learning rate")
+                    bar.set_postfix_str(f"loss {losses['loss']:.3f}")
                 if scheduler is not None:
                     scheduler.step()
                 bar.update()
-                bar.set_postfix_str(f"loss {losses['loss']:.3f}")
                 if on_step is not None and on_step(step, losses):
                     break
                 check()  # a signal that arrived during this step stops here: step `step` is complete

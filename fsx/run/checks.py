@@ -19,6 +19,9 @@ def check_pretrain(cfg) -> None:
     for key in ("checkpoint_every", "val_images"):
         if cfg.train[key] < 0:
             raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
+    workers = cfg.train.get("workers", "auto")
+    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        raise UsageError(f"train.workers={workers}: write auto or a whole number of DataLoader worker processes (0: load in the training process)")
 
 
 def check_adapt(cfg) -> None:

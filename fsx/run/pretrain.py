@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import tempfile
@@ -18,7 +19,7 @@ from fsx.data.folds import hold_out
 from fsx.data.transforms import build_transform
 from fsx.engine import distributed
 from fsx.engine.checkpoint import load_model, read_checkpoint, save_checkpoint
-from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
 from fsx.evaluation.predict import predict
@@ -158,7 +159,10 @@ def train_here(cfg, device: torch.device) -> dict:
     if processes > 1 and main:  # said, not only logged: the GPU count changes the effective batch
         print(f"fsx pretrain: {processes} processes ({plan['backend']}): " + "; ".join(f"{k} {v}" for k, v in plan.items() if k not in ("world_size", "backend")), flush=True)
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
-    data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # convolution algorithms tuned once per input shape
+    workers = loader_workers(OmegaConf.select(cfg, "train.workers", default=0), device, processes)
+    data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform), workers=workers, pin_memory=device.type == "cuda")
     spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
     model = (load_model(resume) if resume else build_detector(spec)).to(device)
     start_step = 0
@@ -189,11 +193,11 @@ def train_here(cfg, device: torch.device) -> dict:
                     "train_images": len(train_set),
                     "device_used": str(device),
                     "algorithm": algorithm.describe(),
-                    "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step()},
+                    "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step(), "loader_workers": workers},
                     "distributed": plan,
                 }
             )
-        window: list[float] = []
+        window: collections.deque = collections.deque(maxlen=50)  # the last losses (device tensors between read-backs)
         done = [start_step]
         started = time.monotonic()
         augment = getattr(transform, "generator", None)
@@ -219,15 +223,14 @@ def train_here(cfg, device: torch.device) -> dict:
                 save_last(step)
 
         try:
-            last = algorithm.pretrain(model, data, steps, device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step)
+            last = algorithm.pretrain(model, data, steps, device, seed=int(cfg.seed), amp=bool(cfg.amp), start_step=start_step, on_step=on_step, sync_every=int(cfg.train.log_every))
         except KeyboardInterrupt:
             if done[0] > start_step and main:
                 save_last(done[0])
                 print(f"\ninterrupted after step {done[0]}; continue with: fsx pretrain resume=runs:/{run.id} (or resume={last_path})", flush=True)
             raise
         seconds = time.monotonic() - started
-        tail = window[-50:]
-        final_loss = sum(tail) / len(tail) if tail else float("nan")
+        final_loss = float(sum(window) / len(window)) if window else float("nan")
         run.log_metrics({"train/final_loss": final_loss, "train/seconds": seconds, "train/steps_per_second": (last - start_step) / max(seconds, 1e-9)}, step=last)
         val = {}
         if not main:  # the main process validates and stores the model
