@@ -16,6 +16,7 @@ from fsx.data.transforms import build_transform
 from fsx.engine.device import loader_workers
 from fsx.engine.loop import infinite_batches, train
 from fsx.errors import UsageError
+from fsx.evaluation.predict import predict
 from fsx.models.detectors import build_detector
 from fsx.run.checks import check_pretrain
 
@@ -26,6 +27,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def augmented(letters_source) -> DetectionDataset:
     source = CocoSet.load(letters_source / "annotations.json", letters_source).restrict(list(range(1, 25)))
     return DetectionDataset(source, [c["id"] for c in source.categories], build_transform(brightness=0.3, contrast=0.3, seed=4))
+
+
+def _fcos(num_classes: int):
+    spec = {
+        "detector": {"name": "fcos"},
+        "backbone": {"name": "tiny", "out_channels": 32, "widths": [8, 16, 32, 32, 32]},
+        "num_classes": num_classes,
+        "image_size": 128,
+        "image_mean": [0.9] * 3,
+        "image_std": [0.25] * 3,
+    }
+    return build_detector(spec)
 
 
 def _take(batches, k: int) -> list:
@@ -72,21 +85,21 @@ def test_an_item_augments_from_its_draw_number_in_any_order(augmented):
 def test_standard_pretraining_with_workers_gives_the_same_weights(augmented):
     def trained(workers: int) -> dict:
         torch.manual_seed(0)
-        spec = {
-            "detector": {"name": "fcos"},
-            "backbone": {"name": "tiny", "out_channels": 32, "widths": [8, 16, 32, 32, 32]},
-            "num_classes": len(augmented.class_ids),
-            "image_size": 128,
-            "image_mean": [0.9] * 3,
-            "image_std": [0.25] * 3,
-        }
-        model = build_detector(spec)
+        model = _fcos(len(augmented.class_ids))
         data = PretrainData(augmented.source, augmented.class_ids, [str(c) for c in augmented.class_ids], augmented, workers=workers)
         build_algorithm("standard", batch_size=4, lr=1e-3).pretrain(model, data, 3, torch.device("cpu"), seed=0, sync_every=2)
         return model.state_dict()
 
     zero, two = trained(0), trained(2)
     assert all(torch.equal(zero[k], two[k]) for k in zero)
+
+
+def test_scoring_with_workers_predicts_what_the_main_process_does(augmented):
+    torch.manual_seed(0)
+    model = _fcos(len(augmented.class_ids))
+    plain = DetectionDataset(augmented.source, augmented.class_ids)
+    here = predict(model, plain, torch.device("cpu"), batch_size=5)
+    assert here and predict(model, plain, torch.device("cpu"), batch_size=5, workers=2) == here
 
 
 def test_losses_are_read_back_every_sync_every_steps_and_at_the_end():
@@ -110,6 +123,6 @@ def test_loader_workers_setting():
     assert loader_workers("auto", cpu) == 0
     assert loader_workers(3, cpu) == 3 and loader_workers(0, cpu) == 0
     for bad in (-1, "two", 1.5, True):
-        cfg = OmegaConf.create({"train": {"steps": 1, "log_every": 1, "passes": None, "checkpoint_every": 0, "val_images": 0, "workers": bad}})
-        with pytest.raises(UsageError, match="train.workers"):
+        cfg = OmegaConf.create({"workers": bad, "train": {"steps": 1, "log_every": 1, "passes": None, "checkpoint_every": 0, "val_images": 0}})
+        with pytest.raises(UsageError, match="workers="):
             check_pretrain(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fsx.data.coco import DetectionDataset
 from fsx.engine.checkpoint import save_checkpoint
-from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.models.heads import predictor_spec
 from fsx.run.fewshot import (
@@ -28,6 +28,7 @@ from fsx.run.wiring import adapt_classifier, adapt_settings, log_checkpoint, rec
 
 def adapt(cfg) -> dict:
     device = resolve_device(cfg.device)
+    workers = loader_workers(cfg.get("workers", "auto"), device)
     source = load_source(cfg)
     settings = adapt_settings(cfg, source.payload)
     task = sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed), **task_options(cfg))
@@ -52,7 +53,7 @@ def adapt(cfg) -> dict:
             run.set_tags({"fsx.early_stopping": f"fired at step {result.stopped_at}, rolled back to step {result.rolled_back_to}"})
         metrics = {}
         if cfg.adapt.evaluate:
-            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), score_threshold=float(cfg.eval.score_threshold))
+            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), score_threshold=float(cfg.eval.score_threshold), workers=workers)
             run.log_metrics(metrics, step=settings.steps)
         spec = dict(source.payload["model_spec"])
         spec.update(num_classes=len(task.class_ids), detector={**spec["detector"], **predictor_spec(model)})

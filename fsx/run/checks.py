@@ -19,13 +19,18 @@ def check_pretrain(cfg) -> None:
     for key in ("checkpoint_every", "val_images"):
         if cfg.train[key] < 0:
             raise UsageError(f"train.{key}={cfg.train[key]} must be >= 0 (0 = never)")
-    workers = cfg.train.get("workers", "auto")
+    check_workers(cfg)
+
+
+def check_workers(cfg) -> None:
+    workers = cfg.get("workers", "auto")
     if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
-        raise UsageError(f"train.workers={workers}: write auto or a whole number of DataLoader worker processes (0: load in the training process)")
+        raise UsageError(f"workers={workers}: write auto or a whole number of DataLoader worker processes (0: load batches in the main process)")
 
 
 def check_adapt(cfg) -> None:
     """ways, shots and the adapt.* ranges (the choices among names are checked where they live)."""
+    check_workers(cfg)
     if cfg.ways < 1:
         raise UsageError(f"ways={cfg.ways}: a task needs at least one class")
     if cfg.shots < 1:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fsx.data.coco import DetectionDataset
-from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
 from fsx.evaluation.coco_metrics import OPTIONAL_STATS, SUMMARY_STATS
@@ -50,6 +50,7 @@ def evaluate(cfg) -> dict:
 
         return score_file(cfg)
     device = resolve_device(cfg.device)
+    workers = loader_workers(cfg.get("workers", "auto"), device)
     source = load_source(cfg)
     milestones = checked_milestones(cfg)
     settings = adapt_settings(cfg, source.payload)
@@ -83,7 +84,7 @@ def evaluate(cfg) -> dict:
                 adapt_seconds = 0.0 if step == 0 else time.monotonic() - clock["start"] - clock["scoring"]
                 scoring = time.monotonic()
                 keep = curves if r == 1 and step == milestones[-1] else None  # the first task's final curves
-                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold), curves=keep)
+                metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"eval r{r} step {step}", score_threshold=float(cfg.eval.score_threshold), curves=keep, workers=workers)
                 clock["scoring"] += time.monotonic() - scoring
                 if step == 0:  # adaptation time counts from the first step
                     clock["start"], clock["scoring"] = time.monotonic(), 0.0

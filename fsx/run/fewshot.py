@@ -158,14 +158,14 @@ def is_adapted_to(payload: dict, class_names: list[str]) -> bool:
     return payload.get("kind") == "adapt" and list(payload.get("classes", [])) == list(class_names)
 
 
-def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5, curves: dict | None = None) -> dict[str, float]:
+def score(model, split: Split, task: Task, device: torch.device, batch_size: int, amp: bool, desc: str = "evaluate", score_threshold: float = 0.5, curves: dict | None = None, workers: int = 0) -> dict[str, float]:
     """COCO and VOC metrics on all of test-test, for the task's classes; in the generalized
     setting also over its base (bAP, bAP50) and novel (nAP, nAP50) classes; on LVIS its own
     federated AP and APr, APc, APf. `curves`, when given, receives each class's
-    precision-recall curve."""
+    precision-recall curve. `workers`: DataLoader processes decoding test-test's images."""
     gt = split.test_test.restrict(category_ids=task.class_ids)
     assert num_classes(model) == len(task.class_ids)
-    results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc)
+    results = predict(model, DetectionDataset(gt, task.class_ids), device, batch_size=batch_size, amp=amp, desc=desc, workers=workers)
     metrics = detection_metrics(gt, results, task.class_ids, score_threshold)
     if task.base:
         novel = [n for n in task.class_names if n not in set(task.base)]

@@ -30,7 +30,7 @@ import math
 import time
 
 from fsx.data.coco import DetectionDataset
-from fsx.engine.device import resolve_device, seed_everything
+from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
 from fsx.run.acquire import annotated_ids, choose, pool_detections, pool_of
 from fsx.run.checks import check_loop
@@ -44,6 +44,7 @@ def loop(cfg) -> dict:
     check_loop(cfg)
     lp, a = cfg.loop, cfg.acquire
     device = resolve_device(cfg.device)
+    workers = loader_workers(cfg.get("workers", "auto"), device)
     source = load_source(cfg)
     settings = adapt_settings(cfg, source.payload)
     if lp.steps is not None:
@@ -89,7 +90,7 @@ def loop(cfg) -> dict:
             result = fine_tune(model, DetectionDataset(task.support, task.class_ids), settings, device, seed=int(cfg.seed), amp=bool(cfg.amp), desc=f"adapt r{r}")
             adapt_seconds = time.monotonic() - clock
             clock = time.monotonic()
-            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"evaluate r{r}", score_threshold=float(cfg.eval.score_threshold))
+            metrics = score(model, source.split, task, device, int(cfg.eval.batch_size), bool(cfg.amp), desc=f"evaluate r{r}", score_threshold=float(cfg.eval.score_threshold), workers=workers)
             eval_seconds = time.monotonic() - clock
             new = len(annotated) if r == 1 else len(added)
             annotation_seconds = new * float(lp.annotation_seconds)

@@ -161,7 +161,7 @@ def train_here(cfg, device: torch.device) -> dict:
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # convolution algorithms tuned once per input shape
-    workers = loader_workers(OmegaConf.select(cfg, "train.workers", default=0), device, processes)
+    workers = loader_workers(cfg.get("workers", "auto"), device, processes)
     data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform), workers=workers, pin_memory=device.type == "cuda")
     spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
     model = (load_model(resume) if resume else build_detector(spec)).to(device)
@@ -236,7 +236,7 @@ def train_here(cfg, device: torch.device) -> dict:
         if not main:  # the main process validates and stores the model
             return {"run_id": None, "steps": last, "final_loss": final_loss, "val": val}
         if len(val_set) and not algorithm.task_sized_head:
-            results = predict(model, DetectionDataset(val_set, class_ids), device, batch_size=int(cfg.eval.batch_size), amp=bool(cfg.amp), desc="validate")
+            results = predict(model, DetectionDataset(val_set, class_ids), device, batch_size=int(cfg.eval.batch_size), amp=bool(cfg.amp), desc="validate", workers=workers)
             val = detection_metrics(val_set, results, class_ids)
             run.log_metrics({f"val/{k}": v for k, v in val.items() if k in SUMMARY_STATS}, step=last)
         with tempfile.TemporaryDirectory() as tmp:
