@@ -179,12 +179,16 @@ def _known_keys(verb: str) -> list[str]:
 _KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (list, "a list"), (dict, "a mapping"))
 
 
+# keys that take a number or a mapping (checked by their verb: fsx.run.checks)
+_NUMBER_OR_MAPPING = ("loop.steps",)
+
+
 def _type_errors(reference: dict, chosen: dict, prefix: str = "") -> list[str]:
     """Keys whose chosen value has another type than their default (null is not checked)."""
     errors: list[str] = []
     for key, default in reference.items():
         value, name = chosen.get(key), f"{prefix}{key}"
-        if default is None or value is None:
+        if default is None or value is None or name in _NUMBER_OR_MAPPING:
             continue
         if isinstance(default, dict) and isinstance(value, dict):
             errors += _type_errors(default, value, name + ".")

@@ -160,17 +160,20 @@ def runs(tmp_path_factory) -> dict:
     bad = {
         "rule": (["acquire", "checkpoint=latest", "acquire.rule=nope"], "acquire.rule=nope"),
         "rounds": (["loop", "checkpoint=latest", "loop.rounds=0"], "loop.rounds=0"),
+        "steps": (["loop", "checkpoint=latest", "loop.steps={reptile: 10}"], "loop.steps="),
         "no-checkpoint": (["loop", "acquire.k=2"], "checkpoint"),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         bad_results = {name: pool.submit(fsx, args, root / f"bad-{name}", env) for name, (args, _) in bad.items()}
         ok(fsx(["pretrain", *SMALL, "train.steps=3", "train.val_images=0"], cwd, env))
         loop = pool.submit(fsx, ["loop", "checkpoint=latest", "experiment=loop_letters", "adapt.steps=2"], cwd, env)
+        many = pool.submit(fsx, ["loop", "checkpoint=latest", "experiment=uc2_many", "loop.steps=2", "acquire.k=3", "loop.rounds=3"], cwd, env)
         acquire = pool.submit(fsx, ["acquire", "checkpoint=latest", "shots=1", "adapt.steps=2", "acquire.k=4", "acquire.pseudo_threshold=0.001", "acquire.out=picked"], cwd, env)
         return {
             "cwd": cwd,
             "uri": f"sqlite:///{(cwd / 'mlflow.db').resolve()}",
             "loop": ok(loop.result()),
+            "many": ok(many.result()),
             "acquire": ok(acquire.result()),
             "bad": {name: (bad_results[name].result(), bad[name][1]) for name in bad},
         }
@@ -205,6 +208,50 @@ def test_loop_logs_one_row_per_round(runs):
     assert [int(t[0]) for t in table] == [1, 2, 3] and [int(t[1]) for t in table] == [5, 10, 15]
 
 
+def test_a_use_case_with_many_prior_annotations_adds_the_held_back_images(runs):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=runs["uri"])
+    rid = run_id(runs["many"].stdout)
+    run = client.get_run(rid)
+    manifest = json.loads(Path(client.download_artifacts(rid, "manifest.json", str(runs["cwd"] / "dl-many"))).read_text())
+    start, second, third = (set(r["added"]) for r in manifest["rounds"])
+    assert len(second) == len(third) == 3 and not (start & second or start & third or second & third)
+    # every test-adapt image annotated by the end: the start was all of them but the 6 held back
+    assert start | second | third == set(manifest["split"]["test_adapt"]["image_ids"])
+    images = {m.step: m.value for m in client.get_metric_history(rid, "loop/images")}
+    annotation = {m.step: m.value for m in client.get_metric_history(rid, "loop/annotation_seconds")}
+    assert images[2] == images[1] + 3 and images[3] == images[1] + 6
+    assert annotation == {1: 0, 2: 63, 3: 63}  # the prior annotations are not part of the loop's time
+    assert run.data.tags["fsx.loop_steps"].startswith("2 per round")
+    assert "all of test-adapt" in run.data.tags["fsx.loop_annotated_at_start"]
+
+
+def test_the_use_case_presets_follow_the_thesis():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
+        cfgs = {f"uc{u}_{p}": compose(config_name="loop", overrides=[f"experiment=uc{u}_{p}"]) for u in (1, 2, 3, 4) for p in ("few", "many")}
+    # RT Table 6.4: steps for a Reptile / any other checkpoint
+    assert {n: (c.loop.steps.reptile, c.loop.steps.default) for n, c in cfgs.items()} == {
+        "uc1_few": (10, 1000), "uc2_few": (10, 1000), "uc3_few": (100, 1000), "uc4_few": (100, 1000),
+        "uc1_many": (2000, 10000), "uc2_many": (2000, 10000), "uc3_many": (2000, 10000), "uc4_many": (2000, 10000),
+    }  # fmt: skip
+    # images annotated in the measured turn: 0 (UC1), 5, 25, 100 (1, 5, 20 per class of 5)
+    assert [cfgs[f"uc{u}_many"].acquire.k for u in (1, 2, 3, 4)] == [0, 5, 25, 100]
+    assert [cfgs[f"uc{u}_few"].shots for u in (1, 2, 3, 4)] == [1, 1, 5, 20] and cfgs["uc1_few"].acquire.k == 0
+    assert {c.loop.start for n, c in cfgs.items() if n.endswith("many")} == {"all"}
+    assert all(c.loop.annotation_seconds == 21 and c.ways == 5 for c in cfgs.values())
+
+
+def test_round_steps_by_pretraining_algorithm():
+    from fsx.run.loop import round_steps
+
+    table = {"reptile": 10, "default": 1000}
+    assert round_steps(table, "reptile") == 10 and round_steps(table, "standard") == 1000
+    assert round_steps(7, "reptile") == 7 and round_steps(None, "standard") is None
+
+
 def test_acquire_writes_the_next_k_images_of_the_pool(runs):
     out = runs["cwd"] / "picked"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -231,7 +278,7 @@ def test_acquire_writes_the_next_k_images_of_the_pool(runs):
     assert client.get_run(rid).data.metrics["acquire/selected"] == 4
 
 
-@pytest.mark.parametrize("name", ["rule", "rounds", "no-checkpoint"])
+@pytest.mark.parametrize("name", ["rule", "rounds", "steps", "no-checkpoint"])
 def test_bad_input_exits_2(runs, name):
     result, culprit = runs["bad"][name]
     assert result.returncode == 2, result.stdout + result.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from fsx.data.choices import IMAGE_SUFFIXES, RECORD_MODES, SAMPLERS
 from fsx.errors import UsageError
 
@@ -156,8 +158,8 @@ def check_acquire(cfg) -> None:
     if a.aggregate not in ACQUIRE_AGGREGATES:
         raise UsageError(f"acquire.aggregate={a.aggregate}: choose one of {', '.join(ACQUIRE_AGGREGATES)}")
     for key in ("k", "batch_size"):
-        if a[key] < 1:
-            raise UsageError(f"acquire.{key}={a[key]} must be at least 1")
+        if a[key] < (0 if key == "k" and cfg.command == "loop" else 1):
+            raise UsageError(f"acquire.{key}={a[key]} must be at least 1" + (" (fsx loop: 0 re-adapts on the same images each round)" if key == "k" and cfg.command == "loop" else ""))
     if not 0 <= a.min_score <= 1:
         raise UsageError(f"acquire.min_score={a.min_score} must be between 0 and 1")
     if a.pseudo_threshold is not None and not 0 < a.pseudo_threshold <= 1:
@@ -166,6 +168,7 @@ def check_acquire(cfg) -> None:
 
 
 LOOP_METRICS = ("AP50", "AP", "AP75", "vocAP50")
+LOOP_STARTS = ("support", "all")
 
 
 def check_loop(cfg) -> None:
@@ -175,8 +178,16 @@ def check_loop(cfg) -> None:
         raise UsageError(f"loop.rounds={lp.rounds} must be at least 1")
     if lp.annotation_seconds < 0:
         raise UsageError(f"loop.annotation_seconds={lp.annotation_seconds} must be >= 0 (seconds to annotate one image)")
-    if lp.steps is not None and lp.steps < 0:
-        raise UsageError(f"loop.steps={lp.steps} must be >= 0 (or null: adapt.steps)")
+    steps = lp.steps
+    by_algorithm = OmegaConf.is_dict(steps)
+    values = list(steps.values()) if by_algorithm else [steps]
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in values) or (by_algorithm and "default" not in steps):
+        raise UsageError(
+            f"loop.steps={OmegaConf.to_container(steps) if by_algorithm else steps}: adaptation steps per round, a whole number >= 0, null "
+            "(adapt.steps), or per pretraining algorithm with a default, e.g. {reptile: 10, default: 1000}"
+        )
+    if lp.start not in LOOP_STARTS:
+        raise UsageError(f"loop.start={lp.start}: choose support (the sampled task's images) or all (every test-adapt image but the later rounds' pool)")
     if lp.patience is not None and lp.patience < 1:
         raise UsageError(f"loop.patience={lp.patience} must be at least 1 (or null: run every round)")
     if lp.min_delta < 0:
