@@ -399,12 +399,14 @@ _verb(
 _verb(
     "loop",
     "A simulated feedback loop (annotate -> adapt -> evaluate) where the ground truth plays the annotator: "
-    "start from the task's support (S images), then for loop.rounds rounds adapt (loop.steps, default "
+    "start from the task's support (S images; loop.start=all: all of test-adapt but the later rounds' pool), "
+    "then for loop.rounds rounds adapt (loop.steps: a number or {reptile: 10, default: 1000}, default "
     "adapt.steps; loop.warm_start), score test-test, and add acquire.k images of the pool chosen by "
-    "acquire.rule. Each round logs at MLflow step = round loop/AP50, loop/AP, loop/images, "
+    "acquire.rule (0: adapt again on the same images). Each round logs at MLflow step = round loop/AP50, loop/AP, loop/images, "
     "loop/adapt_seconds, loop/eval_seconds, loop/acquire_seconds, loop/annotation_seconds (images added x "
     "loop.annotation_seconds, default 21 s) and loop/cumulative_seconds; loop/rounds.csv; prints a table. "
-    "loop.patience stops once loop.metric gains less than loop.min_delta. Preset: experiment=loop_letters.",
+    "loop.patience stops once loop.metric gains less than loop.min_delta. Presets: experiment=loop_letters; "
+    "the thesis's use cases experiment=uc1_few ... uc4_few and uc1_many ... uc4_many (README).",
 )
 
 
