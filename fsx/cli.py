@@ -455,6 +455,7 @@ def report_command(
     baseline: str = typer.Option(None, "--baseline", help="The algorithm the paired differences are taken to (default: the first evaluated)."),
     no_log: bool = typer.Option(False, "--no-log", help="Only write the folder; log no MLflow run."),
     tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
+    loops: bool = typer.Option(False, "--loops", help="Report on FINISHED fsx loop runs instead: the metric per round and the loop's seconds, per pretraining algorithm and acquisition rule."),
 ) -> None:
     """Tables and plots over many FINISHED eval runs: a sweep's children (--parent), an
     experiment, or an MLflow --filter. One row per algorithm, model, dataset, fold, ways and
@@ -468,10 +469,24 @@ def report_command(
     \b
       fsx eval -m checkpoint=latest:pretrain:standard,latest:pretrain:reptile eval.repeats=20
       fsx report --parent <parent run id> --out report/
-      fsx report --filter "params.shots = '5'" --metric AP --out report-5shot/"""
-    from fsx.run.report import run_report
+      fsx report --filter "params.shots = '5'" --metric AP --out report-5shot/
+
+    With --loops, over fsx loop runs: per pretraining algorithm x acquisition rule x start
+    (runs alike pooled, mean ± 95% CI over them), the metric after each round, the seconds of
+    each round (acquire + adapt + evaluate + simulated annotation) and the cumulative seconds;
+    PNGs of the metric against the round and against the cumulative seconds.
+
+    \b
+      fsx loop -m checkpoint=latest:pretrain:standard,latest:pretrain:reptile acquire.rule=random,entropy
+      fsx report --loops --out loop-report/"""
+    from fsx.run.report import run_loop_report, run_report
 
     try:
+        if loops:
+            if baseline:
+                raise UsageError("--baseline is for eval reports (paired differences); a loop report has none")
+            typer.echo(run_loop_report(tracking_uri, experiment, parent, filter_string, metric, out, not no_log))
+            return
         typer.echo(run_report(tracking_uri, experiment, parent, filter_string, metric, out, not no_log, baseline))
     except UsageError as e:
         _fail(str(e), e.exit_code)

@@ -227,6 +227,28 @@ def test_a_use_case_with_many_prior_annotations_adds_the_held_back_images(runs):
     assert "all of test-adapt" in run.data.tags["fsx.loop_annotated_at_start"]
 
 
+def test_report_loops_tables_and_plots_the_loop_runs(runs):
+    out = runs["cwd"] / "loop-report"
+    result = ok(fsx(["report", "--loops", "--out", str(out), "--tracking-uri", runs["uri"]], runs["cwd"], cli_env(runs["cwd"].parent)))
+    markdown = (out / "report.md").read_text()
+    assert "| algorithm | rule | start | added | runs | round 1 | round 2 | round 3 |" in markdown
+    lines = {line.split("|")[2].strip(): line for line in markdown.splitlines() if line.startswith("| standard |")}
+    assert set(lines) == {"entropy (max)", "random"}  # one row per rule, in both tables
+    assert "1-shot support" in lines["entropy (max)"] and "all of test-adapt" in lines["random"]
+    rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
+    by_rule = {(r["rule"], int(r["round"])): r for r in rows}
+    assert [float(by_rule["entropy (max)", k]["images"]) for k in (1, 2, 3)] == [5, 10, 15]
+    cumulative = [float(by_rule["random", k]["cumulative_seconds_mean"]) for k in (1, 2, 3)]
+    assert cumulative[0] < cumulative[1] < cumulative[2] and cumulative[2] - cumulative[0] >= 2 * 63
+    assert all(r["AP50_ci95"] == "" and r["runs"] == "1" for r in rows)  # one run per row: no interval
+    from PIL import Image
+
+    for name in ("loop_AP50_by_round.png", "loop_AP50_by_seconds.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size == (600, 400)
+    assert "MLflow run:" in result.stdout and "wrote" in result.stdout
+
+
 def test_the_use_case_presets_follow_the_thesis():
     from hydra import compose, initialize_config_module
 

@@ -35,19 +35,35 @@ def _save(fig, ax, path: Path | str, title: str) -> Path:
     return path
 
 
-def curve_png(path: Path | str, curves: dict[str, dict[int, dict[str, float]]], metric: str, title: str) -> Path:
-    """For each name, {milestone: {"mean", "ci95"}} as a line with its band, against steps."""
+def curve_png(path: Path | str, curves: dict[str, dict[int, dict[str, float]]], metric: str, title: str, xlabel: str = "adaptation steps", log_x: bool = True) -> Path:
+    """For each name, {milestone: {"mean", "ci95"}} as a line with its band, against steps
+    (on a symlog axis unless `log_x` is off)."""
     fig, ax = _axes()
     for name, points in curves.items():
         steps = sorted(points)
         _band(ax, steps, [points[s] for s in steps], name)
-    if any(s > 0 for points in curves.values() for s in points) and min(min(points) for points in curves.values()) >= 0:
+    if log_x and any(s > 0 for points in curves.values() for s in points) and min(min(points) for points in curves.values()) >= 0:
         ax.set_xscale("symlog", linthresh=10)
     _label_milestones(ax, sorted({s for points in curves.values() for s in points}))
-    ax.set_xlabel("adaptation steps")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (mean, 95% CI)")
     ax.set_ylim(bottom=0)
     if len(curves) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, ax, path, title)
+
+
+def xy_png(path: Path | str, series: dict[str, tuple[list[float], list[dict[str, float]]]], xlabel: str, metric: str, title: str) -> Path:
+    """For each name, (xs, [{"mean", "ci95"}, ...]): the metric against any x (seconds, say),
+    a line with its band."""
+    fig, ax = _axes()
+    for name, (xs, stats) in series.items():
+        _band(ax, xs, stats, name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} (mean, 95% CI)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    if len(series) > 1:
         ax.legend(fontsize=8)
     return _save(fig, ax, path, title)
 

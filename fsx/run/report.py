@@ -3,12 +3,15 @@ MLflow filter), written to a folder and logged as a run of its own (`fsx.command
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import yaml
 
 from fsx import tracking
 from fsx.errors import UsageError
+from fsx.evaluation.loop_report import LoopRecord, build_loop_report
 from fsx.evaluation.report import KEYS, Record, build_report
 from fsx.run.compare import check_metric, load_evaluation
 
@@ -26,6 +29,58 @@ def select_runs(tracking_uri: str, experiment: str, parent: str | None, filter_s
         hint = " (--parent takes a sweep's parent run: `fsx eval -m ...` prints its id)" if parent else ""
         raise UsageError(f"no FINISHED eval runs in {selection} at {tracking_uri}{hint}; run `fsx eval` first, or widen --filter")
     return found, selection
+
+
+LOOP_RUNS = "tags.`fsx.command` = 'loop' and attributes.status = 'FINISHED'"
+
+
+def _loop_labels(run: dict) -> dict[str, str]:
+    """What a loop run compared: the pretraining algorithm, the acquisition rule, the start and
+    the images added per round, and the model and data."""
+    tags, params = run["tags"], run["params"]
+    rule = params.get("acquire.rule", "?")
+    start = "all of test-adapt" if params.get("loop.start") == "all" else f"{params.get('shots', '?')}-shot support"
+    return {
+        **{k: tags.get(f"fsx.{k}", "?") for k in ("algorithm", "detector", "backbone", "dataset", "fold")},
+        "rule": rule if rule == "random" else f"{rule} ({params.get('acquire.aggregate', '?')})",
+        "start": start,
+        "added": params.get("acquire.k", "?"),
+        "ways": params.get("ways", "?"),
+    }
+
+
+def run_loop_report(tracking_uri: str, experiment: str = "fsx", parent: str | None = None, filter_string: str | None = None, metric: str = "AP50", out: str | Path = "report", log: bool = True) -> str:
+    """fsx report --loops: the feedback-loop tables and plots over FINISHED `fsx loop` runs."""
+    tracking.check_store(tracking_uri)
+    user = (filter_string or "").strip()
+    found = [run for run in tracking.search_runs(tracking_uri, experiment, " and ".join(f for f in (LOOP_RUNS, user) if f), parent) if run["tags"].get("fsx.multirun") != "parent"]
+    selection = (f"the children of run {parent}" if parent else f"experiment '{experiment}'") + (f" matching `{user}`" if user else "")
+    if not found:
+        raise UsageError(f"no FINISHED loop runs in {selection} at {tracking_uri}; run `fsx loop` first, or widen --filter")
+    records = []
+    for run in found:
+        rows = list(csv.DictReader(io.StringIO(tracking.artifact_text(tracking_uri, run["id"], "loop/rounds.csv"))))
+        records.append(LoopRecord(rows, _loop_labels(run), run["id"]))
+    out = Path(out)
+    try:
+        report = build_loop_report(records, metric, out, selection)
+    except ValueError as e:
+        raise UsageError(f"--metric {metric}: {e}") from None
+    (out / "report.md").write_text(report.markdown)
+    (out / "report.csv").write_text(report.csv)
+    files = [out / "report.md", out / "report.csv", *report.pngs]
+    text = report.markdown.split("\n## Plots")[0].rstrip()
+    text += f"\n\nwrote {out}/: report.md, report.csv, {len(report.pngs)} PNG(s): {', '.join(p.name for p in report.pngs)}"
+    if log:
+        tags = {"fsx.command": "report", "fsx.metric": metric, "fsx.report_of": "loop", **({"fsx.report_parent": parent} if parent else {})}
+        settings = {"command": "report", "of": "loop", "metric": metric, "parent": parent, "filter": filter_string}
+        with tracking.open_run(tracking_uri, found[0]["experiment"], f"report {metric} over {len(found)} loop runs", tags) as run:
+            run.log_text(yaml.safe_dump(settings, sort_keys=False), "config.yaml")
+            run.log_dict({"kind": "report", "selection": selection, "runs": [r["id"] for r in found]}, "manifest.json")
+            for path in files:
+                run.log_file(path, "report")
+        text += f"\nMLflow run: {run.id}"
+    return text
 
 
 def _labels(run: dict, tasks: list[dict]) -> dict[str, str]:
