@@ -16,5 +16,6 @@ detector=fcos
 detector=retinanet
 detector=retinanet detector.head_norm=none detector.box_loss=l1
 detector=fasterrcnn
+detector=ssd
 LIST
 "$PYTHON" experiments/letters-detectors/table.py --experiment letters-detectors
