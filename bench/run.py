@@ -201,8 +201,8 @@ def letters_dataset(root: Path, images: int = 320, augment: bool = True):
 
 def loop_vs_bare(dataset, device, steps: int = 10):
     """A: a bare torchvision loop (DataLoader, model(images, targets), backward, step); B:
-    fsx's loop (infinite_batches, engine.loop.train, train_step with its clipping and loss
-    read-back), the same model, data, batch and optimiser: what fsx adds to a step."""
+    fsx's loop (infinite_batches, engine.loop.train, train_step with its clipping, losses
+    read back every 25 steps), the same model, data, batch and optimiser: what fsx adds to a step."""
     from fsx.data.coco import collate
     from fsx.engine.loop import infinite_batches, optimizer_step, train
 
@@ -224,10 +224,24 @@ def loop_vs_bare(dataset, device, steps: int = 10):
             loss.backward()
             opt.step()
 
-    def fsx_loop():
-        train(model, optimizer_step(model, opt, device, amp=True, clip_norm=10.0), batches, steps, show_progress=False)
+    def fsx_loop():  # losses read back every 25 steps (train.log_every) and at the last
+        train(model, optimizer_step(model, opt, device, amp=True, clip_norm=10.0), batches, steps, show_progress=False, sync_every=25)
 
     return bare, fsx_loop
+
+
+def in_process_vs_workers(dataset, device, steps: int = 10, workers: int = 2):
+    """fsx's loop on the same model and data, its batches built A: in the training process
+    between steps (workers=0, fsx's CPU default), B: by `workers` DataLoader processes
+    while the model trains (the CUDA default)."""
+    from fsx.engine.loop import infinite_batches, optimizer_step, train
+
+    model = build_detector(spec(TINY, 26)).to(device).train()
+    opt = torch.optim.Adam(select_trainable(model, "all"), lr=1e-4)
+    step = optimizer_step(model, opt, device, amp=True, clip_norm=10.0)
+    here = infinite_batches(dataset, 16, 0)
+    loaded = infinite_batches(dataset, 16, 0, workers=workers, pin_memory=device.type == "cuda")
+    return (lambda: train(model, step, here, steps, show_progress=False, sync_every=25)), (lambda: train(model, step, loaded, steps, show_progress=False, sync_every=25))
 
 
 def loading_vs_step(dataset, device):
@@ -432,6 +446,7 @@ def main() -> None:
         data = letters_dataset(Path(tmp))
         rows.append(compare("10 steps b16 on letters: A bare torchvision loop, B fsx's loop", *loop_vs_bare(data, device), device, args.repeats, unit="s/10 steps"))
         rows.append(compare("letters b16: A build an augmented batch, B train on it", *loading_vs_step(data, device), device, args.repeats, unit="s/batch"))
+        rows.append(compare("10 steps b16 on letters: A batches built in process, B 2 DataLoader workers", *in_process_vs_workers(data, device), device, args.repeats, unit="s/10 steps"))
     cocoeval = cocoeval_seconds_per_1000()
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
