@@ -249,6 +249,26 @@ def test_report_loops_tables_and_plots_the_loop_runs(runs):
     assert "MLflow run:" in result.stdout and "wrote" in result.stdout
 
 
+def test_loop_report_pairs_rules_by_task_seed(tmp_path):
+    from fsx.evaluation.loop_report import LoopRecord, build_loop_report
+
+    def record(rule: str, seed: int, ap: list[float]) -> LoopRecord:
+        rows = [{"round": r + 1, "images": 5 * (r + 1), "AP50": v, "acquire_seconds": 1, "adapt_seconds": 2, "eval_seconds": 3, "annotation_seconds": 105, "cumulative_seconds": 111 * (r + 1)} for r, v in enumerate(ap)]
+        labels = {"algorithm": "standard", "rule": rule, "start": "1-shot support", "added": "5", "detector": "fcos", "backbone": "tiny", "dataset": "letters", "fold": "1", "ways": "5"}
+        return LoopRecord(rows, labels, f"{rule}{seed}", str(seed))
+
+    records = [record("random", 1, [0.1, 0.2]), record("random", 2, [0.3, 0.5]), record("random", 3, [0.2, 0.3]),
+               record("entropy (max)", 1, [0.1, 0.3]), record("entropy (max)", 2, [0.3, 0.7]), record("entropy (max)", 3, [0.2, 0.4])]  # fmt: skip
+    report = build_loop_report(records, "AP50", tmp_path)
+    (difference,) = report.differences
+    assert (difference["name"], difference["baseline"]) == ("entropy (max)", "random")
+    assert difference["stats"][1]["mean"] == 0 and difference["stats"][1]["p"] == 1.0  # the same start: no difference
+    second = difference["stats"][2]  # +0.1, +0.2, +0.1 over the three seeds
+    assert second["n"] == 3 and math.isclose(second["mean"], 0.4 / 3) and 0 < second["p"] < 0.2
+    assert "## Paired differences" in report.markdown and "| entropy (max) − random | 3 |" in report.markdown
+    assert [g["rounds"][2]["metric"]["mean"] for g in report.groups] == pytest.approx([1.0 / 3, 1.4 / 3])
+
+
 def test_the_use_case_presets_follow_the_thesis():
     from hydra import compose, initialize_config_module
 

@@ -16,8 +16,9 @@ import io
 import math
 from pathlib import Path
 
-from fsx.evaluation.aggregate import summarize
+from fsx.evaluation.aggregate import paired_difference, summarize
 from fsx.evaluation.plots import curve_png, xy_png
+from fsx.evaluation.report import difference_cell, markdown_table
 
 LOOP_KEYS = ("algorithm", "rule", "start", "added", "detector", "backbone", "dataset", "fold", "ways")
 SECONDS = ("acquire_seconds", "adapt_seconds", "eval_seconds", "annotation_seconds")
@@ -30,11 +31,13 @@ class LoopRecord:
     rows: list[dict]
     labels: dict[str, str]
     run_id: str = ""
+    task_seed: str = ""  # which start: loops of one setting pair up by it
 
 
 @dataclasses.dataclass
 class LoopReport:
     groups: list[dict]  # LOOP_KEYS, runs, run_ids, rounds: {round: {images, metric, turn, cumulative: summarize()}}
+    differences: list[dict]  # name, baseline, stats: {round: paired_difference()}
     rounds: list[int]
     markdown: str
     csv: str
@@ -62,11 +65,12 @@ def build_loop_report(records: list[LoopRecord], metric: str, out: Path | str, s
                 "turn": summarize(sum(float(row[s]) for s in SECONDS) for row in rows),
                 "cumulative": summarize(float(row["cumulative_seconds"]) for row in rows),
             }
-        groups.append({**dict(zip(LOOP_KEYS, key)), "runs": len(members), "run_ids": [m.run_id for m in members], "rounds": per_round})
+        groups.append({**dict(zip(LOOP_KEYS, key)), "runs": len(members), "run_ids": [m.run_id for m in members], "rounds": per_round, "members": members})
     rounds = sorted({r for g in groups for r in g["rounds"]})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = {id(g): _name(g, groups) for g in groups}
+    differences = _paired_differences(groups, names, rounds, metric)
     pngs = [
         curve_png(out / f"loop_{_slug(metric)}_by_round.png", {names[id(g)]: {r: s["metric"] for r, s in g["rounds"].items()} for g in groups}, metric, f"{metric} after each round of the loop", xlabel="round", log_x=False),
         xy_png(
@@ -77,8 +81,41 @@ def build_loop_report(records: list[LoopRecord], metric: str, out: Path | str, s
             f"{metric} against the loop's wall-clock",
         ),
     ]
-    markdown = _markdown(groups, rounds, metric, pngs, selection, len(records))
-    return LoopReport(groups, rounds, markdown, _csv(groups, rounds, metric), pngs)
+    markdown = _markdown(groups, differences, rounds, metric, pngs, selection, len(records))
+    for g in groups:
+        del g["members"]
+    return LoopReport(groups, differences, rounds, markdown, _csv(groups, rounds, metric), pngs)
+
+
+def _paired_differences(groups: list[dict], names: dict, rounds: list[int], metric: str) -> list[dict]:
+    """Each group minus the first of its setting (the same start, images per round, model and
+    data; another algorithm or rule), round by round, over the task seeds both ran (a seed
+    run several times counts as its mean): the paired difference, its 95% CI and p."""
+    settings: dict[tuple, list[dict]] = {}
+    for g in groups:
+        settings.setdefault(tuple(g[k] for k in LOOP_KEYS if k not in ("algorithm", "rule")), []).append(g)
+    out = []
+    for members in settings.values():
+        baseline = members[0]
+        for g in members[1:]:
+            stats = {}
+            for r in rounds:
+                a, b = _by_seed(baseline, r, metric), _by_seed(g, r, metric)
+                seeds = sorted(set(a) & set(b))
+                if len(seeds) >= 2:
+                    stats[r] = paired_difference([a[t] for t in seeds], [b[t] for t in seeds])
+            if stats:
+                out.append({"name": names[id(g)], "baseline": names[id(baseline)], "stats": stats})
+    return out
+
+
+def _by_seed(group: dict, round_: int, metric: str) -> dict[str, float]:
+    values: dict[str, list[float]] = {}
+    for m in group["members"]:
+        for row in m.rows:
+            if int(row["round"]) == round_ and m.task_seed:
+                values.setdefault(m.task_seed, []).append(float(row[metric]))
+    return {seed: sum(v) / len(v) for seed, v in values.items()}
 
 
 def _name(group: dict, groups: list[dict]) -> str:
@@ -98,11 +135,7 @@ def _cell(stats: dict, digits: int = 3) -> str:
     return mean if stats["ci95"] != stats["ci95"] else f"{mean} ± {stats['ci95']:.{digits}f}"
 
 
-def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(cells) + " |" for cells in lines]
-
-
-def _markdown(groups, rounds, metric, pngs, selection, runs) -> str:
+def _markdown(groups, differences, rounds, metric, pngs, selection, runs) -> str:
     text = [f"# Feedback loop: {metric} per round", ""]
     if selection:
         text += [f"{runs} loop run(s): {selection}.", ""]
@@ -118,7 +151,7 @@ def _markdown(groups, rounds, metric, pngs, selection, runs) -> str:
     for g in groups:
         cells = [f"{_cell(g['rounds'][r]['metric'])} ({g['rounds'][r]['images']['mean']:.0f})" if r in g["rounds"] else "–" for r in rounds]
         lines.append([str(g[k]) for k in label_header[:-1]] + [str(g["runs"])] + cells)
-    text += _table(label_header + [f"round {r}" for r in rounds], lines)
+    text += markdown_table(label_header + [f"round {r}" for r in rounds], lines)
     text += [
         "",
         "## Seconds per round: the turn of the loop",
@@ -131,7 +164,17 @@ def _markdown(groups, rounds, metric, pngs, selection, runs) -> str:
     for g in groups:
         last = g["rounds"][max(g["rounds"])]
         lines.append([str(g[k]) for k in label_header[:-1]] + [str(g["runs"])] + [_cell(g["rounds"][r]["turn"], 1) if r in g["rounds"] else "–" for r in rounds] + [_cell(last["cumulative"], 1)])
-    text += _table(label_header + [f"round {r} s" for r in rounds] + ["cumulative s"], lines)
+    text += markdown_table(label_header + [f"round {r} s" for r in rounds] + ["cumulative s"], lines)
+    if differences:
+        text += [
+            "",
+            "## Paired differences",
+            "",
+            f"{metric} of a row minus the first row of its setting (same start and images per round), round by round, over the task seeds both ran: "
+            "mean ± 95% CI, paired t-test p.",
+            "",
+        ]
+        text += markdown_table(["difference", "n"] + [f"round {r}" for r in rounds], [[f"{d['name']} − {d['baseline']}", str(max(s["n"] for s in d["stats"].values()))] + [difference_cell(d["stats"].get(r)) for r in rounds] for d in differences])
     models = {(g["detector"], g["backbone"], g["dataset"], g["fold"], g["ways"]) for g in groups}
     text += ["", "Detector, backbone, dataset, fold, ways: " + "; ".join(", ".join(m) for m in sorted(models)) + "."]
     if pngs:

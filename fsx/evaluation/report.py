@@ -205,7 +205,7 @@ def _cell(stats: dict | None) -> str:
     return f"{stats['mean']:.3f}" if stats["ci95"] != stats["ci95"] else f"{stats['mean']:.3f} ± {stats['ci95']:.3f}"
 
 
-def _difference_cell(stats: dict | None) -> str:
+def difference_cell(stats: dict | None) -> str:
     if not stats or not stats["n"] or stats["mean"] != stats["mean"]:
         return "–"
     ci = "" if stats["ci95"] != stats["ci95"] else f" ± {stats['ci95']:.3f}"
@@ -213,7 +213,7 @@ def _difference_cell(stats: dict | None) -> str:
     return f"{stats['mean']:+.3f}{ci}{p}"
 
 
-def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], lines: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(cells) + " |" for cells in lines]
 
 
@@ -227,12 +227,12 @@ def _markdown(rows, differences, milestones, metric, notes, pngs, selection, run
         "",
     ]
     header = ["algorithm", "detector", "backbone", "dataset", "fold", "ways", "shots", "runs", "n"] + [f"{metric} @{m}" for m in milestones]
-    text += _table(header, [[str(r[k]) for k in KEYS] + [str(r["runs"]), str(r["n"])] + [_cell(r["stats"].get(m)) for m in milestones] for r in rows])
+    text += markdown_table(header, [[str(r[k]) for k in KEYS] + [str(r["runs"]), str(r["n"])] + [_cell(r["stats"].get(m)) for m in milestones] for r in rows])
     if differences or notes:
         text += ["", "## Paired differences", "", "Row minus the baseline over the same tasks (paired by task seed): mean ± 95% CI, paired t-test p; n = tasks.", ""]
     if differences:
         header = ["dataset", "fold", "ways", "shots", "difference", "n"] + [f"Δ {metric} @{m}" for m in milestones]
-        text += _table(header, [[str(d[k]) for k in ("dataset", "fold", "ways", "shots")] + [f"{d['model']} − {d['baseline']}", str(d["n"])] + [_difference_cell(d["stats"].get(m)) for m in milestones] for d in differences])
+        text += markdown_table(header, [[str(d[k]) for k in ("dataset", "fold", "ways", "shots")] + [f"{d['model']} − {d['baseline']}", str(d["n"])] + [difference_cell(d["stats"].get(m)) for m in milestones] for d in differences])
     if notes:
         text += [""] + [f"- skipped: {note}" for note in notes]
     if pngs:

@@ -60,7 +60,7 @@ def run_loop_report(tracking_uri: str, experiment: str = "fsx", parent: str | No
     records = []
     for run in found:
         rows = list(csv.DictReader(io.StringIO(tracking.artifact_text(tracking_uri, run["id"], "loop/rounds.csv"))))
-        records.append(LoopRecord(rows, _loop_labels(run), run["id"]))
+        records.append(LoopRecord(rows, _loop_labels(run), run["id"], run["params"].get("task_seed", "")))
     out = Path(out)
     try:
         report = build_loop_report(records, metric, out, selection)
