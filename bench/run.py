@@ -15,8 +15,6 @@ a generated COCO-size annotation file, peak resident memory, sampling one 5-way 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import statistics
@@ -380,7 +378,17 @@ def scale_child(path: str, tasks: int = 50) -> None:
     }))
 
 
-def scale_table() -> None:
+SCALE_ROWS = (  # (label, value key, aim key or None)
+    ("load (CocoSet.load), s", "load_s", None),
+    ("fold split (split_by_fold), s", "split_s", None),
+    ("load + fold split, s", "load_split_s", "load_s"),
+    ("peak resident memory, GB", "peak_rss_gb", "peak_rss_gb"),
+    ("first 5-way 5-shot task (indexes the pool), ms", "first_task_ms", None),
+    ("5-way 5-shot task on test_adapt, median of 50, ms", "task_ms", "task_ms"),
+)
+
+
+def measure_scale() -> dict:
     """Generates the COCO-size file in a temp dir and measures it in a fresh Python process
     (nothing else loaded: the peak resident memory is the data layer's plus the imports')."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -392,16 +400,26 @@ def scale_table() -> None:
     if result.returncode != 0:
         raise RuntimeError(f"the scale measurement failed:\n{result.stderr[-2000:]}")
     r = json.loads(result.stdout.strip().splitlines()[-1])
-    sizes = ", ".join(f"{k} {v}" for k, v in r["sizes"].items())
-    print(f"\ndata at COCO scale: 118,287 images, {boxes:,} boxes, 80 classes, fold novel = the 20 VOC classes (file written in {written:.0f} s)")
-    print(f"split: {sizes} images\n")
+    return {**r, "boxes": boxes, "written_s": written, "load_split_s": r["load_s"] + r["split_s"]}
+
+
+def _scale_heading(scale: dict) -> str:
+    sizes = ", ".join(f"{k} {v}" for k, v in scale["sizes"].items())
+    return (
+        f"Data at COCO scale: 118,287 images, {scale['boxes']:,} boxes, 80 classes, fold novel = the 20 VOC classes "
+        f"(file written in {scale['written_s']:.0f} s); split: {sizes} images; {scale['start_rss_gb']:.2f} GB resident at start"
+    )
+
+
+def _aim(key: str | None) -> str:
+    return f"<= {int(SCALE_AIMS[key])}" if key else ""
+
+
+def scale_table(scale: dict) -> None:
+    print(f"\n{_scale_heading(scale)}\n")
     print(f"{'measure':<50} {'measured':>10} {'aim':>10}")
-    print(f"{'load (CocoSet.load), s':<50} {r['load_s']:>10.1f}")
-    print(f"{'fold split (split_by_fold), s':<50} {r['split_s']:>10.1f}")
-    print(f"{'load + fold split, s':<50} {r['load_s'] + r['split_s']:>10.1f} {'<= ' + str(int(SCALE_AIMS['load_s'])):>10}")
-    print(f"{'peak resident memory, GB (' + format(r['start_rss_gb'], '.2f') + ' GB at start)':<50} {r['peak_rss_gb']:>10.2f} {'<= ' + str(int(SCALE_AIMS['peak_rss_gb'])):>10}")
-    print(f"{'first 5-way 5-shot task (indexes the pool), ms':<50} {r['first_task_ms']:>10.1f}")
-    print(f"{'5-way 5-shot task on test_adapt, median of 50, ms':<50} {r['task_ms']:>10.1f} {'<= ' + str(int(SCALE_AIMS['task_ms'])):>10}")
+    for label, key, aim in SCALE_ROWS:
+        print(f"{label:<50} {scale[key]:>10.{2 if key == 'peak_rss_gb' else 1}f} {_aim(aim):>10}")
 
 
 def main() -> None:
@@ -418,7 +436,7 @@ def main() -> None:
     if args.scale_of:
         return scale_child(args.scale_of)
     if args.scale_only:
-        return scale_table()
+        return scale_table(measure_scale())
     flush_denormals()
     device = resolve_device(args.device)
     if args.memory_of:
@@ -451,21 +469,10 @@ def main() -> None:
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
     memory = {(variant, steps): peak_memory_mb(variant, steps, device) for steps in (1, 2, 5) for variant in MAML_VARIANTS}
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(Tee(sys.stdout, buffer)):
-        report(rows, memory, cocoeval, device, args.repeats)
+    scale = measure_scale()
+    report(rows, memory, cocoeval, scale, device, args.repeats)
     if not args.no_write:
-        write_readme(Path(args.out), buffer.getvalue(), device)
-
-
-class Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
+        write_readme(Path(args.out), rows, memory, cocoeval, scale, device, args.repeats)
 
 
 def machine(device) -> str:
@@ -476,35 +483,57 @@ def machine(device) -> str:
     return f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def write_readme(path: Path, tables: str, device) -> None:
+def write_readme(path: Path, rows, memory, cocoeval, scale, device, repeats) -> None:
+    """The same measurements as Markdown tables, with the machine and the date."""
     import datetime
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    path.write_text(
-        "# fsx benchmarks\n\n"
-        f"Written by `make bench` (bench/run.py) on {when}, on {machine(device)}.\n\n"
-        "Each row runs two variants of one thing on the same inputs, interleaved, and reports the\n"
-        "median of each and B/A; ratios, not absolute times, are what carries over between machines\n"
-        "(and between runs on a busy one). Rerun `make bench` to refresh this file.\n\n"
-        f"```\n{tables.strip()}\n```\n"
-    )
+    lines = [
+        "# fsx benchmarks",
+        "",
+        f"Written by `make bench` (bench/run.py) on {when}, on {machine(device)}; {device}, {torch.get_num_threads()} threads, median of {repeats}.",
+        "",
+        "Each row runs two variants of one thing on the same inputs, interleaved, and reports the",
+        "median of each and B/A; ratios, not absolute times, are what carries over between machines",
+        "(and between runs on a busy one). Rerun `make bench` to refresh this file.",
+        "",
+        "| comparison | A | B | B/A | unit |",
+        "|---|---:|---:|---:|---|",
+        *(f"| {r['comparison']} | {r['A']:.4f} | {r['B']:.4f} | {r['B/A']:.2f} | {r['unit']} |" for r in rows),
+        "",
+        f"Scoring (`detection_metrics`: COCOeval + per-class + VOC AP x3 + threshold metrics): {cocoeval:.2f} s per 1,000 images (5 classes, 20 detections each).",
+        "",
+        f"Meta-iteration memory, tiny FCOS, 2 tasks of 16 + 16 images at 128 px ({_memory_kind(device)}, MB):",
+        "",
+        "| inner steps | FOMAML | MAML | ANIL | MAML/FOMAML |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for steps in (1, 2, 5):
+        f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
+        lines.append(f"| {steps} | {f:.0f} | {m:.0f} | {a:.0f} | {m / f:.2f} |")
+    lines += ["", _scale_heading(scale) + ":", "", "| measure | measured | aim |", "|---|---:|---|"]
+    lines += [f"| {label} | {scale[key]:.{2 if key == 'peak_rss_gb' else 1}f} | {_aim(aim)} |" for label, key, aim in SCALE_ROWS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {path}")
 
 
-def report(rows, memory, cocoeval, device, repeats) -> None:
+def _memory_kind(device) -> str:
+    return "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
+
+
+def report(rows, memory, cocoeval, scale, device, repeats) -> None:
     print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {repeats}, interleaved\n")
     print(f"{'comparison':<66} {'A':>10} {'B':>10} {'B/A':>7}  unit")
     for r in rows:
         print(f"{r['comparison']:<66} {r['A']:>10.4f} {r['B']:>10.4f} {r['B/A']:>7.2f}  {r['unit']}")
     print(f"\nscoring (detection_metrics: COCOeval + per-class + VOC AP x3 + threshold metrics): {cocoeval:.2f} s per 1,000 images (5 classes, 20 detections each)")
-    kind = "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
-    print(f"\nmeta-iteration memory, tiny FCOS, 2 tasks of 16 + 16 images at 128 px ({kind}, MB)\n")
+    print(f"\nmeta-iteration memory, tiny FCOS, 2 tasks of 16 + 16 images at 128 px ({_memory_kind(device)}, MB)\n")
     print(f"{'inner steps':>11} {'FOMAML':>10} {'MAML':>10} {'ANIL':>10} {'MAML/FOMAML':>12}")
     for steps in (1, 2, 5):
         f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
-    scale_table()
+    scale_table(scale)
 
 
 if __name__ == "__main__":
