@@ -4,7 +4,8 @@
 
 Each row times two variants of one thing on the same inputs, interleaved (A, B, A, B, ...)
 so that machine noise hits both, and reports the median seconds of each and B/A.
-On a CUDA machine it adds bf16 autocast vs fp32. A second table gives the peak memory of a
+On a CUDA machine it adds bf16 autocast vs fp32 and a table of GPU utilisation during
+pretraining (fsx's loop with batches built in process and by DataLoader workers). A second table gives the peak memory of a
 meta-iteration (MAML, FOMAML, ANIL at 1, 2 and 5 inner steps): peak CUDA memory on a GPU,
 peak resident memory above the start on a CPU (each measured in a forked process).
 A third table measures the data layer at COCO scale against its aims (load + fold split of
@@ -33,7 +34,7 @@ from fsx.algorithms.reptile import Reptile
 from fsx.data.coco import CocoSet
 from fsx.data.folds import Fold, split_by_fold
 from fsx.data.shots import choose_classes, sample_shots
-from fsx.engine.device import autocast, flush_denormals, resolve_device
+from fsx.engine.device import autocast, flush_denormals, loader_workers, resolve_device
 from fsx.engine.loop import train_step
 from fsx.models.detectors import build_detector
 from fsx.models.heads import select_trainable
@@ -256,6 +257,27 @@ def loading_vs_step(dataset, device):
     return lambda: next(batches), lambda: train_step(model, opt, *held, device, amp=True, clip_norm=10.0)
 
 
+def pretraining_utilisation(dataset, device, backbone: dict, workers: int, steps: int = 40) -> dict:
+    """fsx's pretraining loop on letters (batch 16, bf16, pinned batches from `workers`
+    DataLoader processes, losses read back every 25 steps): images per second unprofiled, then
+    the fraction of a second run's wall time in which the GPU was executing kernels or copies
+    (fsx.engine.utilisation, from the profiler's trace)."""
+    from fsx.engine.loop import infinite_batches, optimizer_step, train
+    from fsx.engine.utilisation import busy_fraction
+
+    model = build_detector(spec(backbone, 26)).to(device).train()
+    opt = torch.optim.Adam(select_trainable(model, "all"), lr=1e-4)
+    step = optimizer_step(model, opt, device, amp=True, clip_norm=10.0)
+    batches = infinite_batches(dataset, 16, 0, workers=workers, pin_memory=device.type == "cuda")
+
+    def run():
+        train(model, step, batches, steps, show_progress=False, sync_every=25)
+
+    run()  # warm-up: workers started, every image decoded once, cudnn's algorithms chosen
+    seconds = timed(run, device)
+    return {"backbone": backbone["name"], "workers": workers, "images/s": 16 * steps / seconds, "busy": busy_fraction(run, device)}
+
+
 def cocoeval_seconds_per_1000(images: int = 1000, seed: int = 0) -> float:
     """detection_metrics (COCOeval's 12 stats, per-class AP, VOC AP in three forms, the
     threshold metrics) on 1,000 images of 5 classes, 3 boxes and 20 detections each."""
@@ -465,14 +487,19 @@ def main() -> None:
         rows.append(compare("10 steps b16 on letters: A bare torchvision loop, B fsx's loop", *loop_vs_bare(data, device), device, args.repeats, unit="s/10 steps"))
         rows.append(compare("letters b16: A build an augmented batch, B train on it", *loading_vs_step(data, device), device, args.repeats, unit="s/batch"))
         rows.append(compare("10 steps b16 on letters: A batches built in process, B 2 DataLoader workers", *in_process_vs_workers(data, device), device, args.repeats, unit="s/10 steps"))
+        utilisation = []
+        if device.type == "cuda":
+            workers = loader_workers("auto", device)
+            utilisation = [pretraining_utilisation(data, device, backbone, w) for backbone in (tiny, r18) for w in (0, workers)]
     cocoeval = cocoeval_seconds_per_1000()
     if device.type == "cuda":
         rows.append(compare("train step r18 b16: A fp32, B bf16 autocast", train_fn(r18, 16, device, amp=False), train_fn(r18, 16, device, amp=True), device, args.repeats, unit="s/step"))
+        rows.append(compare("train step r18 b64: A fp32, B bf16 autocast", train_fn(r18, 64, device, amp=False), train_fn(r18, 64, device, amp=True), device, args.repeats, unit="s/step"))
     memory = {(variant, steps): peak_memory_mb(variant, steps, device) for steps in (1, 2, 5) for variant in MAML_VARIANTS}
     scale = measure_scale()
-    report(rows, memory, cocoeval, scale, device, args.repeats)
+    report(rows, memory, cocoeval, scale, utilisation, device, args.repeats)
     if not args.no_write:
-        write_readme(Path(args.out), rows, memory, cocoeval, scale, device, args.repeats)
+        write_readme(Path(args.out), rows, memory, cocoeval, scale, utilisation, device, args.repeats)
 
 
 def machine(device) -> str:
@@ -483,7 +510,7 @@ def machine(device) -> str:
     return f"{cpu}, {os.cpu_count()} logical cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def write_readme(path: Path, rows, memory, cocoeval, scale, device, repeats) -> None:
+def write_readme(path: Path, rows, memory, cocoeval, scale, utilisation, device, repeats) -> None:
     """The same measurements as Markdown tables, with the machine and the date."""
     import datetime
 
@@ -511,6 +538,12 @@ def write_readme(path: Path, rows, memory, cocoeval, scale, device, repeats) -> 
     for steps in (1, 2, 5):
         f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         lines.append(f"| {steps} | {f:.0f} | {m:.0f} | {a:.0f} | {m / f:.2f} |")
+    lines += ["", UTILISATION_HEADING + ":", ""]
+    if utilisation:
+        lines += ["| backbone | loader workers | images/s | GPU busy | aim |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {u['backbone']} | {u['workers']} | {u['images/s']:.0f} | {u['busy']:.0%} | >= 90% |" for u in utilisation]
+    else:
+        lines.append(NO_GPU)
     lines += ["", _scale_heading(scale) + ":", "", "| measure | measured | aim |", "|---|---:|---|"]
     lines += [f"| {label} | {scale[key]:.{2 if key == 'peak_rss_gb' else 1}f} | {_aim(aim)} |" for label, key, aim in SCALE_ROWS]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -522,7 +555,7 @@ def _memory_kind(device) -> str:
     return "peak CUDA memory allocated" if device.type == "cuda" else "peak resident memory above the start"
 
 
-def report(rows, memory, cocoeval, scale, device, repeats) -> None:
+def report(rows, memory, cocoeval, scale, utilisation, device, repeats) -> None:
     print(f"\nfsx bench on {device} ({torch.get_num_threads()} threads), median of {repeats}, interleaved\n")
     print(f"{'comparison':<66} {'A':>10} {'B':>10} {'B/A':>7}  unit")
     for r in rows:
@@ -533,7 +566,16 @@ def report(rows, memory, cocoeval, scale, device, repeats) -> None:
     for steps in (1, 2, 5):
         f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
+    print(f"\n{UTILISATION_HEADING.lower()}\n")
+    if not utilisation:
+        print(NO_GPU)
+    for u in utilisation:
+        print(f"{u['backbone']:<10} {u['workers']:>2} loader workers {u['images/s']:>8.0f} images/s  GPU busy {u['busy']:.0%} (aim >= 90%)")
     scale_table(scale)
+
+
+UTILISATION_HEADING = "GPU utilisation during pretraining (letters, FCOS, batch 16 at 128 px, bf16; the share of wall time with a kernel or copy running, from the profiler)"
+NO_GPU = "Not measured: this machine has no GPU. Run `make bench` on a CUDA machine to fill this table (and the fp32 vs bf16 rows)."
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""How busy a device is while some work runs: the fraction of wall time in which at least
+one operation was executing on it, read from the PyTorch profiler's trace.
+
+On CUDA this is the time covered by kernels and memory copies, which is what `nvidia-smi`
+calls utilisation (NVML samples whether any kernel ran), measured over exactly the window of
+the work instead of a sampling period. On the CPU it is the time covered by operators on the
+calling thread; it is there so that the trace reading is exercised where no GPU is. The
+profiler adds its own cost per operation, so the fraction is a little lower than it would be
+unprofiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+_WINDOW = "fsx.utilisation.window"
+_DEVICE_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
+def covered(intervals: Iterable[tuple[float, float]], start: float, end: float) -> float:
+    """Length of the union of `intervals`, clipped to [start, end]."""
+    total, reach = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
+def busy_fraction(work: Callable[[], object], device: torch.device) -> float:
+    """Run `work()` once under the profiler and return the fraction of its wall time during
+    which `device` was executing something (0 to 1). On CUDA the window closes after a
+    synchronise, so kernels still queued at the end of `work` are counted."""
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        with record_function(_WINDOW):
+            work()
+            if cuda:
+                torch.cuda.synchronize(device)
+    events = prof.events()
+    window = next((e for e in events if e.name == _WINDOW), None)
+    if window is None:
+        raise RuntimeError("the profiler recorded no window around the work")
+    start, end = window.time_range.start, window.time_range.end
+    if end <= start:
+        return 0.0
+    if cuda:  # not the window's own range on the GPU timeline (a "gpu_user_annotation")
+        spans = [(e.time_range.start, e.time_range.end) for e in events
+                 if e.device_type == DeviceType.CUDA and e.activity_type in _DEVICE_WORK]
+    else:
+        spans = [(e.time_range.start, e.time_range.end) for e in events
+                 if e.activity_type == "cpu_op" and e.thread == window.thread]
+    return covered(spans, start, end) / (end - start)

@@ -1,0 +1,46 @@
+"""fsx.engine.utilisation: the union of busy intervals, and the busy fraction read from the
+profiler's trace (on the CPU here; on CUDA where a GPU is visible)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from fsx.engine.utilisation import busy_fraction, covered
+
+
+def test_covered_counts_overlaps_once_and_clips_to_the_window():
+    assert covered([], 0, 10) == 0
+    assert covered([(1, 3), (2, 5), (7, 8)], 0, 10) == 5  # [1, 5) and [7, 8)
+    assert covered([(2, 9), (3, 4), (4, 6)], 0, 10) == 7  # nested spans add nothing
+    assert covered([(-5, 2), (8, 20)], 0, 10) == 4  # clipped at both ends
+    assert covered([(11, 12), (-3, -1)], 0, 10) == 0
+    assert covered([(6, 7), (0, 10)], 0, 10) == 10  # unsorted input
+
+
+def _matmuls(n: int = 20):
+    x = torch.randn(200, 200)
+    for _ in range(n):
+        x = torch.tanh(x @ x)
+
+
+def test_idle_work_is_not_busy_and_busy_work_is():
+    cpu = torch.device("cpu")
+    assert busy_fraction(lambda: time.sleep(0.05), cpu) == 0.0
+    mixed = busy_fraction(lambda: (time.sleep(0.05), _matmuls()), cpu)
+    assert 0.0 < mixed < 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_kernels_count_and_the_window_annotation_does_not():
+    cuda = torch.device("cuda")
+    assert busy_fraction(lambda: time.sleep(0.05), cuda) == 0.0
+    x = torch.randn(4096, 4096, device=cuda)
+
+    def work():
+        for _ in range(50):
+            torch.mm(x, x)
+
+    assert 0.5 < busy_fraction(work, cuda) <= 1.0
