@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Callable
 
 import typer
@@ -219,8 +218,16 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
     from fsx.tracking import StoreError
 
     def task(cfg):
+        def failed(message: str) -> None:
+            from fsx.run.sweep import record_job_failure
+
+            record_job_failure(message, str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment), verb)
+
         try:
+            from fsx.run.sweep import start_job
             from fsx.tracking import check_store
+
+            start_job()
 
             check_store(str(cfg.mlflow.tracking_uri))  # before minutes of work, not after
             if multirun:  # a rerun sweep does only what is missing
@@ -240,18 +247,18 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
         except UsageError as e:
             if not multirun:
                 _fail(str(e), e.exit_code)
-            _record_job_failure(str(e))
+            failed(str(e))
             typer.echo(f"fsx: job failed: {e}", err=True)
         except StoreError as e:  # the store went away mid-run: one message, exit 1
             if not multirun:
                 _fail(str(e), 1)
-            _record_job_failure(str(e))
+            failed(str(e))
             typer.echo(f"fsx: job failed: {e}", err=True)
         except Exception as e:  # noqa: BLE001 - one failed job must not take the sweep down
             if not multirun or os.environ.get("FSX_DEBUG"):
                 raise
             traceback.print_exc()
-            _record_job_failure(f"{type(e).__name__}: {e}")
+            failed(f"{type(e).__name__}: {e}")
         return None
 
     task.__module__ = __name__
@@ -267,16 +274,6 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
         sys.argv = argv
         if multirun:
             _finish_multirun()
-
-
-def _record_job_failure(message: str) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from fsx.run.sweep import FAILURES_FILE
-
-    hc = HydraConfig.get()
-    with open(Path(hc.sweep.dir) / FAILURES_FILE, "a") as f:
-        f.write(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}\n")
 
 
 def _finish_multirun() -> None:

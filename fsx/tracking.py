@@ -284,6 +284,20 @@ def create_parent_run(tracking_uri: str, experiment: str, run_name: str, tags: d
     return run.info.run_id
 
 
+def record_failed_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str, params: dict[str, str]) -> str:
+    """A run that is FAILED from the start: a sweep's job that stopped before its own run
+    opened, with what it was asked (`params`) and why it stopped (in `tags`)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = _client(tracking_uri)
+    all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_PARENT_RUN_ID: parent_run_id, **{k: str(v) for k, v in tags.items()}, **_process_tags()}
+    run = client.create_run(_experiment_id(tracking_uri, experiment), tags=all_tags, run_name=run_name)
+    with contextlib.suppress(Exception):  # an override MLflow cannot take as a param is still in fsx.overrides
+        Run(tracking_uri, run.info.run_id).log_params(params)
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
 def child_runs(tracking_uri: str, parent_run_id: str) -> list[dict]:
     """[{id, name, status}] of a multirun's jobs, oldest first."""
     client = _client(tracking_uri)

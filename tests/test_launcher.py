@@ -15,22 +15,32 @@ pytestmark = pytest.mark.slow
 SMALL = ["dataset.generator.num_images=200", "dataset.image_size=64", "dataset.generator.min_font=12", "dataset.generator.max_font=32", "algorithm.batch_size=4", "train.steps=1"]
 
 
-def test_joblib_launcher_multirun_has_one_parent_and_a_child_per_job(tmp_path):
+def test_joblib_launcher_multirun_has_one_parent_and_a_child_per_job_even_a_failed_one(tmp_path):
+    """4 jobs in 2 worker processes, 2 of them given a fold that does not exist: the good
+    ones finish, each bad one is a FAILED child with its overrides and its error."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache"), "FSX_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
-    args = ["pretrain", "-m", "seed=0,1", *SMALL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    args = ["pretrain", "-m", "dataset.fold=1,99,2,98", *SMALL, "train.val_images=0", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     result = subprocess.run([sys.executable, "-m", "fsx", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     assert "Joblib" in result.stdout + result.stderr  # the plugin really launched the jobs
+    assert "2 of 4 jobs finished" in result.stdout
+    assert "failed: job 1 (dataset.fold=99" in result.stderr and "failed: job 3 (dataset.fold=98" in result.stderr
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("fsx").experiment_id])
     parents = [r for r in runs if r.data.tags.get("fsx.multirun") == "parent"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert len(runs) == 3
+    assert len(runs) == 5 and len(children) == 4
+    status = {r.data.params["dataset.fold"]: r.info.status for r in children}
+    assert status == {"1": "FINISHED", "2": "FINISHED", "99": "FAILED", "98": "FAILED"}
+    for run in children:
+        if run.info.status == "FAILED":
+            fold = run.data.params["dataset.fold"]
+            assert run.data.tags["fsx.error"] == f"dataset.fold={fold} is not a letters fold: choose one of 1, 2, 3, 4, 5"
+            assert run.data.tags["fsx.overrides"].startswith(f"dataset.fold={fold} ")
+            assert run.data.tags["fsx.command"] == "pretrain"
 
 
 def test_submitit_local_preset_runs_each_job_in_its_own_process(tmp_path):

@@ -1,8 +1,10 @@
 """A Hydra callback that gives a multirun one MLflow parent run; each job's run is its child.
 
 Jobs find the parent's id in the sweep directory (any launcher) or the environment (same
-process). A job that fails appends a line to `fsx_failed_jobs.txt` there; the parent run
-ends FAILED when any job failed, FINISHED otherwise.
+process). A job that fails appends a line to `fsx_failed_jobs.txt` there; one that fails before
+its own run opens (a bad value, a missing file) is still recorded as a FAILED child run with
+its overrides and the error (`fsx.error`). The parent run ends FAILED when any job failed,
+FINISHED otherwise.
 
 Rerunning a sweep does only what is missing: every run is tagged with a hash of the config
 its command line composed (`fsx.config_hash`); a job whose hash already has a FINISHED run
@@ -26,6 +28,7 @@ UNHASHED = ("mlflow", "resume", "skip_finished", "hydra")  # where and how a run
 PARENT_RUN_ENV = "FSX_PARENT_RUN_ID"  # how a job finds its parent run in the same process
 PARENT_RUN_FILE = "fsx_parent_run_id"  # ... and in the sweep directory (any launcher)
 LAST_SWEEP: dict[str, str] = {}  # the sweep this process started: parent id, store, directory
+JOB_RUN: dict[str, str] = {}  # the run the current job opened, if it got that far (a worker runs jobs one after another)
 
 
 def failures(sweep_dir: Path, name: str = FAILURES_FILE) -> list[str]:
@@ -64,6 +67,52 @@ def plan_job(config: dict, command: str) -> tuple[str, str | None]:
     if command == "pretrain" and stopped and not config.get("resume"):
         return "resume", stopped[-1]["id"]
     return "run", None
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the multirun this job belongs to; None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
+        if marker.is_file():
+            return marker.read_text().strip()
+    except Exception:  # noqa: BLE001
+        return None
+    return os.environ.get(PARENT_RUN_ENV)
+
+
+def start_job() -> None:
+    JOB_RUN.clear()
+
+
+def note_job_run(run_id: str) -> None:
+    JOB_RUN["id"] = run_id
+
+
+def record_job_failure(message: str, tracking_uri: str, experiment: str, command: str) -> None:
+    """List the failed job in the sweep directory and, when it failed before opening its own
+    run, record it in the store as a FAILED child of the sweep's parent run."""
+    import contextlib
+
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    with open(Path(hc.sweep.dir) / FAILURES_FILE, "a") as f:
+        f.write(f"job {hc.job.num} ({' '.join(overrides)}): {message}\n")
+    parent = parent_run_id()
+    if JOB_RUN.get("id") or not parent:
+        return
+    params = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    tags = {"fsx.command": command, "fsx.job": str(hc.job.num), "fsx.overrides": " ".join(overrides), "fsx.error": message[:5000]}
+    with contextlib.suppress(Exception):  # a store that cannot be reached has the failures file
+        tracking.check_store(tracking_uri)  # at once, not after the client's retries
+        tracking.record_failed_run(tracking_uri, experiment, f"{command} job {hc.job.num} (failed before it started)", tags, parent, params)
 
 
 def record_skip(message: str) -> None:

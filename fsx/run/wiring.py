@@ -4,7 +4,6 @@ adaptation settings, and the MLflow run with the contract's tags and files."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +21,7 @@ from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 from fsx.run.checks import check_adapt
-from fsx.run.sweep import PARENT_RUN_ENV, PARENT_RUN_FILE, config_hash
+from fsx.run.sweep import config_hash, note_job_run, parent_run_id
 
 HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
 
@@ -146,22 +145,6 @@ def _command_line_overrides() -> list[str]:
         return []
 
 
-def _parent_run_id() -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
-            return None
-        marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
-        if marker.is_file():
-            return marker.read_text().strip()
-    except Exception:  # noqa: BLE001
-        return None
-    return os.environ.get(PARENT_RUN_ENV)
-
-
 def output_dir() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -222,7 +205,8 @@ def recorded_run(
     tags = {**run_tags(command, dataset, config), **(extra_tags or {})}
     if not resume_run_id:
         tags["fsx.config_hash"] = config_hash(plain(cfg))  # a rerun sweep skips what this run did
-    with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, _parent_run_id(), resume_run_id=resume_run_id) as run:
+    with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, parent_run_id(), resume_run_id=resume_run_id) as run:
+        note_job_run(run.id)
         again = " (resumed)" if resume_run_id else ""
         print(f"fsx {command}: MLflow run {run.id}{again} (experiment '{cfg.mlflow.experiment}' at {cfg.mlflow.tracking_uri})", flush=True)
         if not resume_run_id:
