@@ -9,26 +9,17 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_helpers import KEEP_LOW_SCORES, LETTERS_SMALL, cli_env, ok, run_fsx
 
 from fsx.evaluation.acquisition import box_uncertainty, image_scores, merge_pseudo_labels, pseudo_labels, rank_images, select
 
-SMALL = [
-    "dataset.generator.num_images=300",
-    "dataset.image_size=64",
-    "dataset.generator.min_font=12",
-    "dataset.generator.max_font=32",
-    "algorithm.batch_size=8",
-    "detector.score_thresh=0.001",
-    "detector.detections_per_img=20",
-]
+SMALL = [*LETTERS_SMALL, "algorithm.batch_size=8", *KEEP_LOW_SCORES]
 TIMEOUT = 300
 
 
@@ -135,20 +126,8 @@ def test_pseudo_labels_never_overwrite_a_real_label():
 # --------------------------------------------------------------------------- the commands
 
 
-def cli_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_"))}
-    env.update(FSX_CACHE=str(root / "cache"), FSX_PROGRESS="plain", OMP_NUM_THREADS="1")
-    return env
-
-
 def fsx(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "fsx", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit code {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
-    return result
+    return run_fsx(args, cwd, env, TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +135,7 @@ def runs(tmp_path_factory) -> dict:
     """One tiny pretraining, then `fsx loop` and `fsx acquire` side by side (with the bad
     inputs, which stop before any work)."""
     root = tmp_path_factory.mktemp("acquire-loop")
-    env, cwd = cli_env(root), root / "work"
+    env, cwd = cli_env(root / "cache"), root / "work"
     bad = {
         "rule": (["acquire", "checkpoint=latest", "acquire.rule=nope"], "acquire.rule=nope"),
         "rounds": (["loop", "checkpoint=latest", "loop.rounds=0"], "loop.rounds=0"),
@@ -229,7 +208,7 @@ def test_a_use_case_with_many_prior_annotations_adds_the_held_back_images(runs):
 
 def test_report_loops_tables_and_plots_the_loop_runs(runs):
     out = runs["cwd"] / "loop-report"
-    result = ok(fsx(["report", "--loops", "--out", str(out), "--tracking-uri", runs["uri"]], runs["cwd"], cli_env(runs["cwd"].parent)))
+    result = ok(fsx(["report", "--loops", "--out", str(out), "--tracking-uri", runs["uri"]], runs["cwd"], cli_env(runs["cwd"].parent / "cache")))
     markdown = (out / "report.md").read_text()
     assert "| algorithm | rule | start | added | runs | round 1 | round 2 | round 3 |" in markdown
     lines = {line.split("|")[2].strip(): line for line in markdown.splitlines() if line.startswith("| standard |")}

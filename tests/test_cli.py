@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import string
 import subprocess
@@ -24,24 +23,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import KEEP_LOW_SCORES, LETTERS_SMALL, cli_env, explain, ok, run_fsx
 
 import fsx
 
 pytestmark = pytest.mark.slow
 
-# A small, quick letters set. Adapt and eval take the dataset from the checkpoint, so only
-# pretrain needs these overrides.
-SMALL = [
-    "dataset.generator.num_images=300",
-    "dataset.image_size=64",
-    "dataset.generator.min_font=12",
-    "dataset.generator.max_font=32",
-    "algorithm.batch_size=8",
-]
+SMALL = [*LETTERS_SMALL, "algorithm.batch_size=8"]
 # The end-to-end model keeps its low-confidence boxes (score >= 0.001, 20 per image) and is
 # pretrained for 30 steps, so that it scores above zero and the repeats' metrics differ (after
 # 6 steps it scored exactly 0 everywhere on some machines: floating-point order differs).
-SCORED = ["detector.score_thresh=0.001", "detector.detections_per_img=20"]
+SCORED = KEEP_LOW_SCORES
 FOLD1_NOVEL = ["B", "H", "M", "R", "W"]
 FOLD1_BASE = [c for c in string.ascii_uppercase if c not in FOLD1_NOVEL]
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -54,18 +46,7 @@ TIMEOUT = 600
 
 
 def fsx_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`python -m fsx *args` in `cwd`, as a user would type it."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "fsx", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return f"command: {' '.join(map(str, result.args))}\nexit code {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, explain(result)
-    return result
+    return run_fsx(args, cwd, env, TIMEOUT)
 
 
 def sqlite_uri(path: Path) -> str:
@@ -147,13 +128,7 @@ def assert_usage_error(result: subprocess.CompletedProcess, *culprits: str) -> s
 
 @pytest.fixture(scope="session")
 def fsx_env(tmp_path_factory) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_"))}
-    env["FSX_CACHE"] = str(tmp_path_factory.mktemp("fsx-cache"))
-    env["FSX_PROGRESS"] = "plain"
-    # Commands run a few at a time on a small CPU: one OpenMP thread each avoids the
-    # oversubscription (spinning threads) that slows every one of them down many times.
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return cli_env(tmp_path_factory.mktemp("fsx-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -493,6 +468,9 @@ def test_multirun_with_a_failing_job(sweeps):
     assert len(runs) == 1 + len(children)
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 1 and finished[0].data.tags["fsx.fold"] == "1"  # the good job still ran
+    failed = [c for c in children if c.info.status == "FAILED"]  # recorded though it never opened a run of its own
+    assert len(failed) == 1 and failed[0].data.params["dataset.fold"] == "99"
+    assert "dataset.fold=99 is not a letters fold" in failed[0].data.tags["fsx.error"]
     assert "1 of 2 jobs finished" in result.stdout
 
 

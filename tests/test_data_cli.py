@@ -12,12 +12,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import cli_env, ok, run_fsx
 from PIL import Image
 
 from fsx.data.fold_search import fold_sizes, objective, random_partition, search_folds
@@ -152,17 +152,11 @@ def tree(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_"))}
-    return {**env, "FSX_CACHE": str(tmp_path_factory.mktemp("cache")), "FSX_PROGRESS": "plain", "OMP_NUM_THREADS": "1"}
+    return cli_env(tmp_path_factory.mktemp("cache"))
 
 
 def fsx(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsx", "data", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
-    return result
+    return run_fsx(["data", *args], cwd, env, 300)
 
 
 def rows(stdout: str) -> dict[str, list[str]]:

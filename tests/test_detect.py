@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_helpers import cli_env, explain, run_fsx
 from PIL import Image
 
 from fsx.engine.checkpoint import save_checkpoint
@@ -101,19 +101,8 @@ def ground_truth(workspace, images) -> Path:
     return path
 
 
-def cli_env(workspace: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_"))}
-    env.update(FSX_CACHE=str(workspace / "cache"), FSX_PROGRESS="plain", OMP_NUM_THREADS="1")
-    return env
-
-
 def fsx(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "fsx", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit code {result.returncode}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+    return run_fsx(args, cwd, env, TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +113,7 @@ def folder_run(workspace, checkpoint, images) -> dict:
     result = fsx(
         ["detect", f"checkpoint={checkpoint}", f"images={images}", "detect.out=out", f"detect.score_threshold={THRESHOLD}", "device=cpu", f"mlflow.tracking_uri={uri}"],
         cwd,
-        cli_env(workspace),
+        cli_env(workspace / "cache"),
     )
     assert result.returncode == 0, explain(result)
     run_id = re.findall(r"^MLflow run: (\w+)$", result.stdout, re.M)
@@ -302,7 +291,7 @@ def test_bad_input_is_one_line_and_exit_2(workspace, checkpoint):
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
     cwd = workspace / "bad"
-    env = cli_env(workspace)
+    env = cli_env(workspace / "cache")
     for images, expected in ((workspace / "nowhere", "no such folder or file"), (empty, "no image files")):
         result = fsx(["detect", f"checkpoint={checkpoint}", f"detect.images={images}"], cwd, env)
         assert result.returncode == 2, explain(result)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import KEEP_LOW_SCORES, LETTERS_SMALL
 from PIL import Image
 from scipy import stats
 
@@ -28,14 +29,7 @@ from fsx.run.report import run_report
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "dataset.generator.num_images=300",
-    "dataset.image_size=64",
-    "dataset.generator.min_font=12",
-    "dataset.generator.max_font=32",
-    "detector.score_thresh=0.001",  # keep low-confidence boxes: a barely trained model scores above zero
-    "detector.detections_per_img=20",
-]
+SMALL = [*LETTERS_SMALL, *KEEP_LOW_SCORES]  # low-confidence boxes kept: a barely trained model scores above zero
 TRAIN = {"standard": ["algorithm.batch_size=8", "train.steps=4", "train.val_images=0"], "joint": ["algorithm.inner_batch=8", "algorithm.shots=2", "train.steps=2", "train.val_images=0"]}
 MILESTONES = [0, 3]
 PNG_SIZE = (600, 400)  # fsx.evaluation.plots: 6 x 4 inches at 100 dpi
