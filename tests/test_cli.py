@@ -247,6 +247,8 @@ def test_pretrain_records_run_in_default_store(pretrained):
     }
     assert run.data.params["train.steps"] == "30"
     assert run.data.params["dataset.generator.num_images"] == "300"
+    assert tags["fsx.overrides"] == " ".join([*SMALL, *SCORED, "train.steps=30", "train.log_every=8"])
+    assert "fsx.job" not in tags  # not a job of a sweep
 
 
 def test_pretrain_artifacts(pretrained, tmp_path):

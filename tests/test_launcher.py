@@ -35,12 +35,14 @@ def test_joblib_launcher_multirun_has_one_parent_and_a_child_per_job_even_a_fail
     assert len(runs) == 5 and len(children) == 4
     status = {r.data.params["dataset.fold"]: r.info.status for r in children}
     assert status == {"1": "FINISHED", "2": "FINISHED", "99": "FAILED", "98": "FAILED"}
+    jobs = {"1": "0", "99": "1", "2": "2", "98": "3"}  # the sweep's order
     for run in children:
+        fold = run.data.params["dataset.fold"]
+        assert run.data.tags["fsx.job"] == jobs[fold]
+        assert run.data.tags["fsx.overrides"].startswith(f"dataset.fold={fold} ") and "hydra.launcher.n_jobs=2" not in run.data.tags["fsx.overrides"]
+        assert run.data.tags["fsx.command"] == "pretrain"
         if run.info.status == "FAILED":
-            fold = run.data.params["dataset.fold"]
             assert run.data.tags["fsx.error"] == f"dataset.fold={fold} is not a letters fold: choose one of 1, 2, 3, 4, 5"
-            assert run.data.tags["fsx.overrides"].startswith(f"dataset.fold={fold} ")
-            assert run.data.tags["fsx.command"] == "pretrain"
 
 
 def test_submitit_local_preset_runs_each_job_in_its_own_process(tmp_path):

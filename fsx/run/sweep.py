@@ -86,6 +86,22 @@ def parent_run_id() -> str | None:
     return os.environ.get(PARENT_RUN_ENV)
 
 
+def job_tags() -> dict[str, str]:
+    """The overrides this command line gave (`fsx.overrides`) and, in a multirun, the job's
+    number in the sweep (`fsx.job`)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except Exception:  # noqa: BLE001 - called outside Hydra (from Python): no command line
+        return {}
+    tags = {"fsx.overrides": " ".join(hc.overrides.task)}
+    if hc.mode == RunMode.MULTIRUN:
+        tags["fsx.job"] = str(hc.job.num)
+    return tags
+
+
 def start_job() -> None:
     JOB_RUN.clear()
 
@@ -109,7 +125,7 @@ def record_job_failure(message: str, tracking_uri: str, experiment: str, command
     if JOB_RUN.get("id") or not parent:
         return
     params = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    tags = {"fsx.command": command, "fsx.job": str(hc.job.num), "fsx.overrides": " ".join(overrides), "fsx.error": message[:5000]}
+    tags = {"fsx.command": command, **job_tags(), "fsx.error": message[:5000]}
     with contextlib.suppress(Exception):  # a store that cannot be reached has the failures file
         tracking.check_store(tracking_uri)  # at once, not after the client's retries
         tracking.record_failed_run(tracking_uri, experiment, f"{command} job {hc.job.num} (failed before it started)", tags, parent, params)

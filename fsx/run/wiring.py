@@ -21,7 +21,7 @@ from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 from fsx.run.checks import check_adapt
-from fsx.run.sweep import config_hash, note_job_run, parent_run_id
+from fsx.run.sweep import config_hash, job_tags, note_job_run, parent_run_id
 
 HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
 
@@ -202,7 +202,7 @@ def recorded_run(
     A failure inside is recorded as the tag `fsx.error` before the run is marked FAILED.
     """
     config = run_config(cfg, dataset, checkpoint_config)
-    tags = {**run_tags(command, dataset, config), **(extra_tags or {})}
+    tags = {**run_tags(command, dataset, config), **({} if resume_run_id else job_tags()), **(extra_tags or {})}
     if not resume_run_id:
         tags["fsx.config_hash"] = config_hash(plain(cfg))  # a rerun sweep skips what this run did
     with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, parent_run_id(), resume_run_id=resume_run_id) as run:
