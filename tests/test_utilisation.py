@@ -34,13 +34,18 @@ def test_idle_work_is_not_busy_and_busy_work_is():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_kernels_count_and_the_window_annotation_does_not():
+def test_gpu_kernels_count_and_the_window_is_the_hosts():
     cuda = torch.device("cuda")
     assert busy_fraction(lambda: time.sleep(0.05), cuda) == 0.0
     x = torch.randn(4096, 4096, device=cuda)
+    torch.mm(x, x)  # cuBLAS set up outside the window
+    torch.cuda.synchronize()
 
-    def work():
-        for _ in range(50):
+    def kernels():
+        for _ in range(200):
             torch.mm(x, x)
 
-    assert 0.5 < busy_fraction(work, cuda) <= 1.0
+    assert 0.5 < busy_fraction(kernels, cuda) <= 1.0
+    # An idle host second before the same kernels: the window is the host's whole span, not
+    # the GPU's own annotation of it (which starts at the first kernel).
+    assert busy_fraction(lambda: (time.sleep(1.0), kernels()), cuda) < 0.5

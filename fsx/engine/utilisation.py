@@ -1,20 +1,22 @@
 """How busy a device is while some work runs: the fraction of wall time in which at least
 one operation was executing on it, read from the PyTorch profiler's trace.
 
-On CUDA this is the time covered by kernels and memory copies, which is what `nvidia-smi`
-calls utilisation (NVML samples whether any kernel ran), measured over exactly the window of
-the work instead of a sampling period. On the CPU it is the time covered by operators on the
-calling thread; it is there so that the trace reading is exercised where no GPU is. The
-profiler adds its own cost per operation, so the fraction is a little lower than it would be
-unprofiled.
+On CUDA this is the time covered by kernels, memory copies and sets, which is what
+`nvidia-smi` calls utilisation (NVML samples whether any kernel ran), measured over exactly
+the window of the work instead of a sampling period. On the CPU it is the time covered by
+operators on the calling thread; it is there so that the trace reading is exercised where no
+GPU is. The profiler adds its own cost per operation, so the fraction is a little lower than
+it would be unprofiled.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
-from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 _WINDOW = "fsx.utilisation.window"
@@ -35,7 +37,10 @@ def covered(intervals: Iterable[tuple[float, float]], start: float, end: float) 
 def busy_fraction(work: Callable[[], object], device: torch.device) -> float:
     """Run `work()` once under the profiler and return the fraction of its wall time during
     which `device` was executing something (0 to 1). On CUDA the window closes after a
-    synchronise, so kernels still queued at the end of `work` are counted."""
+    synchronise, so kernels still queued at the end of `work` are counted.
+
+    It reads the profiler's Chrome trace, the export whose categories ("kernel", "gpu_memcpy",
+    "cpu_op", "user_annotation") have stayed the same across PyTorch versions."""
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
@@ -43,17 +48,18 @@ def busy_fraction(work: Callable[[], object], device: torch.device) -> float:
             work()
             if cuda:
                 torch.cuda.synchronize(device)
-    events = prof.events()
-    window = next((e for e in events if e.name == _WINDOW), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X" and "dur" in e]
+    window = next((e for e in events if e.get("cat") == "user_annotation" and e.get("name") == _WINDOW), None)
     if window is None:
         raise RuntimeError("the profiler recorded no window around the work")
-    start, end = window.time_range.start, window.time_range.end
+    start, end = float(window["ts"]), float(window["ts"]) + float(window["dur"])
     if end <= start:
         return 0.0
-    if cuda:  # not the window's own range on the GPU timeline (a "gpu_user_annotation")
-        spans = [(e.time_range.start, e.time_range.end) for e in events
-                 if e.device_type == DeviceType.CUDA and e.activity_type in _DEVICE_WORK]
+    if cuda:  # not the window's own range on the GPU's timeline (a "gpu_user_annotation")
+        mine = [e for e in events if e.get("cat") in _DEVICE_WORK]
     else:
-        spans = [(e.time_range.start, e.time_range.end) for e in events
-                 if e.activity_type == "cpu_op" and e.thread == window.thread]
-    return covered(spans, start, end) / (end - start)
+        mine = [e for e in events if e.get("cat") == "cpu_op" and e.get("tid") == window.get("tid")]
+    return covered(((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in mine), start, end) / (end - start)
