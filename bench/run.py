@@ -566,7 +566,7 @@ def report(rows, memory, cocoeval, scale, utilisation, device, repeats) -> None:
     for steps in (1, 2, 5):
         f, m, a = (memory[(variant, steps)] for variant in ("fomaml", "maml", "anil"))
         print(f"{steps:>11} {f:>10.0f} {m:>10.0f} {a:>10.0f} {m / f:>12.2f}")
-    print(f"\n{UTILISATION_HEADING.lower()}\n")
+    print(f"\n{UTILISATION_HEADING}\n")
     if not utilisation:
         print(NO_GPU)
     for u in utilisation:
