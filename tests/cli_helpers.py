@@ -5,6 +5,7 @@ shown when it fails."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ LETTERS_SMALL = [
 # Keep low-confidence boxes (score >= 0.001, 20 per image): a barely trained model then
 # scores above zero.
 KEEP_LOW_SCORES = ["detector.score_thresh=0.001", "detector.detections_per_img=20"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (once this returns)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli_env(cache: Path) -> dict[str, str]:

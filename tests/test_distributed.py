@@ -8,7 +8,6 @@ process reaches on the same tasks; standard training under DDP records exactly o
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import free_port
 
 from fsx.algorithms import build_algorithm
 from fsx.engine import distributed
@@ -40,12 +40,6 @@ def env_for(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FSX_", "HYDRA_", "MLFLOW_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     # one thread per process: the same kernels in one process and in two, and no oversubscription
     return {**env, "FSX_CACHE": str(root / "cache"), "FSX_PROGRESS": "plain", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:

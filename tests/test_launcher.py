@@ -1,5 +1,7 @@
-"""A multirun on a launcher plugin (joblib: jobs in parallel worker processes) records the
-same MLflow shape as the basic launcher: one parent run, one child per job."""
+"""A multirun on a launcher plugin (joblib: jobs in parallel worker processes; submitit)
+records the same MLflow shape as the basic launcher: one parent run, one child per job, a
+failed job too; parallel jobs lose nothing in the default SQLite file or on an `mlflow
+server`; a rerun sweep skips what finished and resumes what was interrupted."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import free_port
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -133,5 +136,62 @@ def test_eight_parallel_jobs_on_one_sqlite_file_lose_nothing(tmp_path):
     assert sorted(int(r.data.params["seed"]) for r in children) == list(range(8))
     for run in children:
         assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+        assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free localhost port (SQLite behind it), as a team would run
+    one; stopped with its workers at the end."""
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--default-artifact-root", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer in 120 s:\n" + (tmp_path / "server.log").read_text()[-3000:])
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_parallel_jobs_against_an_mlflow_server_lose_nothing(tmp_path, mlflow_server):
+    """12 jobs in 6 joblib workers against one tracking server: 6 log every step and their
+    checkpoints, 6 fail before their runs open (fold 99). Every run, metric and checkpoint
+    arrives, and each failed job is a FAILED child there too."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    env = {**os.environ, "FSX_CACHE": str(tmp_path / "cache"), "FSX_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+    args = ["pretrain", "-m", "seed=range(6)", *SMALL, "train.steps=3", "train.log_every=1", "train.val_images=0",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=6", f"mlflow.tracking_uri={mlflow_server}"]
+    result = subprocess.run([sys.executable, "-m", "fsx", *args, "dataset.fold=1,99"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "6 of 12 jobs finished" in result.stdout, result.stdout[-3000:]
+    assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("fsx").experiment_id], max_results=1000)
+    children = [r for r in runs if r.data.tags.get("fsx.multirun") != "parent"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert sorted(int(r.data.params["seed"]) for r in finished) == list(range(6))
+    assert sorted(int(r.data.params["seed"]) for r in failed) == list(range(6))
+    assert all(r.data.params["dataset.fold"] == "99" and "not a letters fold" in r.data.tags["fsx.error"] for r in failed)
+    for run in finished:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
         assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}

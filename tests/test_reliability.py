@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import free_port
 
 from fsx.engine.checkpoint import read_checkpoint
 from fsx.errors import UsageError
@@ -51,17 +51,11 @@ def one_message(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 # --------------------------------------------------------------------------- stores
 
 
 def test_a_server_that_does_not_answer_is_named_at_once():
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(UsageError, match="no MLflow server answers there") as error:
         check_store(uri)
@@ -100,7 +94,7 @@ def test_the_cli_refuses_bad_stores_before_any_work(tmp_path):
     message = one_message(fsx(["pretrain", "train.steps=1"], tmp_path / "junk"))
     assert "mlflow.db is not an MLflow database" in message
     assert (tmp_path / "junk" / "mlflow.db").read_bytes() == b"not a database at all" * 50
-    port = closed_port()
+    port = free_port()
     assert f"127.0.0.1:{port}" in one_message(fsx(["pretrain", "train.steps=1", f"mlflow.tracking_uri=http://127.0.0.1:{port}"], tmp_path / "server"))
     assert not list((tmp_path / "server").glob("outputs/*/*/checkpoints"))
 
