@@ -212,6 +212,11 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
     except SystemExit as e:
         _fail(f"cannot parse the arguments {' '.join(args)} (see `fsx {verb} --help`)", 2 if e.code else 0)
     multirun = bool(known.multirun)
+    if multirun:
+        from fsx.engine.distributed import launched
+
+        if launched():  # refused once here, not by every process as a failed job
+            _fail("torchrun runs one configuration, not a multirun (-m): start torchrun once per configuration", 2)
     if not (known.cfg or known.info or known.help or known.hydra_help or known.shell_completion or known.config_dir or known.config_name):
         validate(verb, list(known.overrides), multirun)
 
@@ -221,7 +226,7 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
         def failed(message: str) -> None:
             from fsx.run.sweep import record_job_failure
 
-            record_job_failure(message, str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment), verb)
+            record_job_failure(message, cfg, verb)
 
         try:
             from fsx.run.sweep import start_job

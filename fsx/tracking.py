@@ -292,8 +292,9 @@ def record_failed_run(tracking_uri: str, experiment: str, run_name: str, tags: d
     client = _client(tracking_uri)
     all_tags = {MLFLOW_RUN_NAME: run_name, MLFLOW_PARENT_RUN_ID: parent_run_id, **{k: str(v) for k, v in tags.items()}, **_process_tags()}
     run = client.create_run(_experiment_id(tracking_uri, experiment), tags=all_tags, run_name=run_name)
-    with contextlib.suppress(Exception):  # an override MLflow cannot take as a param is still in fsx.overrides
-        Run(tracking_uri, run.info.run_id).log_params(params)
+    for key, value in params.items():  # one by one: MLflow refuses a whole batch for one key it cannot take (`group@pkg`)
+        with contextlib.suppress(Exception):  # that override is still in fsx.overrides
+            client.log_param(run.info.run_id, key, str(value)[:6000])
     client.set_terminated(run.info.run_id, "FAILED")
     return run.info.run_id
 

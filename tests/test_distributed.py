@@ -200,6 +200,15 @@ def test_what_cannot_be_shared_among_processes_is_refused():
     assert build_algorithm("maml").distributed_plan(1) == {}
 
 
+def test_a_multirun_under_torchrun_is_refused_once_before_any_job(tmp_path):
+    """Each torchrun process would otherwise start the whole sweep and record its jobs."""
+    env = {**env_for(tmp_path), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, "-m", "fsx", "pretrain", "-m", "seed=0,1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "torchrun runs one configuration, not a multirun (-m)" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
 HELPERS_IN_TWO_PROCESSES = textwrap.dedent(
     """
     import torch

@@ -336,3 +336,18 @@ def test_a_checkpoint_the_store_cannot_take_is_kept_in_the_run_directory(tmp_pat
     with pytest.raises(StoreError, match="the checkpoint is kept at .*run/checkpoints/model.pt"):
         wiring.log_checkpoint(DeadRun(), made)
     assert (tmp_path / "run" / "checkpoints" / "model.pt").read_bytes() == b"weights"
+
+
+def test_a_failed_job_keeps_the_params_mlflow_can_take(tmp_path):
+    """MLflow refuses a whole batch of params for one key it cannot take (a package override,
+    `group@pkg`); the failed job's record keeps the others."""
+    from mlflow.tracking import MlflowClient
+
+    from fsx import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.create_parent_run(uri, "fsx", "pretrain multirun", {"fsx.multirun": "parent"})
+    run_id = tracking.record_failed_run(uri, "fsx", "pretrain job 0 (failed before it started)", {"fsx.error": "boom"}, parent, {"dataset@x": "letters", "seed": "3"})
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["fsx.error"] == "boom" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params == {"seed": "3"}

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from fsx.engine.utilisation import busy_fraction, covered
+from fsx.engine.utilisation import busy_fraction, busy_seconds, covered
 
 
 def test_covered_counts_overlaps_once_and_clips_to_the_window():
@@ -33,19 +33,29 @@ def test_idle_work_is_not_busy_and_busy_work_is():
     assert 0.0 < mixed < 1.0
 
 
+def test_busy_seconds_are_within_the_wall_time():
+    busy, wall = busy_seconds(lambda: (time.sleep(0.05), _matmuls()), torch.device("cpu"))
+    assert 0 < busy < wall
+    assert wall >= 0.05  # the sleep is inside the window
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_kernels_count_and_the_window_is_the_hosts():
     cuda = torch.device("cuda")
-    assert busy_fraction(lambda: time.sleep(0.05), cuda) == 0.0
+    assert busy_fraction(lambda: time.sleep(0.05), cuda) == 0.0  # the GPU saw a kernel, but not in the window
     x = torch.randn(4096, 4096, device=cuda)
-    torch.mm(x, x)  # cuBLAS set up outside the window
-    torch.cuda.synchronize()
 
     def kernels():
-        for _ in range(200):
+        for _ in range(50):
             torch.mm(x, x)
 
+    kernels()  # cuBLAS set up outside the window
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    kernels()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start  # as long as this GPU takes, fast or slow
     assert 0.5 < busy_fraction(kernels, cuda) <= 1.0
-    # An idle host second before the same kernels: the window is the host's whole span, not
-    # the GPU's own annotation of it (which starts at the first kernel).
-    assert busy_fraction(lambda: (time.sleep(1.0), kernels()), cuda) < 0.5
+    # Idle host time three times as long as the kernels, before them: the window is the
+    # host's whole span, not the GPU's own annotation of it (which starts at the first kernel).
+    assert busy_fraction(lambda: (time.sleep(3 * seconds), kernels()), cuda) < 0.5

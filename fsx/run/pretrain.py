@@ -104,16 +104,6 @@ def pretrain(cfg) -> dict:
         return launch(devices)
     if devices > 1 and int(os.environ["WORLD_SIZE"]) != devices:
         raise UsageError(f"trainer.devices={devices} but torchrun started {os.environ['WORLD_SIZE']} processes: drop trainer.devices when you start torchrun yourself")
-    if distributed.launched():
-        try:
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
-
-            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        except ValueError:
-            multirun = False
-        if multirun:
-            raise UsageError("torchrun runs one pretraining, not a multirun (-m): start torchrun once per configuration")
     timeout = float(OmegaConf.select(cfg, "trainer.timeout_s", default=distributed.TIMEOUT_S))
     with distributed.process_group(resolve_device(cfg.device), timeout_s=timeout) as device:
         return train_here(cfg, device)

@@ -87,8 +87,9 @@ def parent_run_id() -> str | None:
 
 
 def job_tags() -> dict[str, str]:
-    """The overrides this command line gave (`fsx.overrides`) and, in a multirun, the job's
-    number in the sweep (`fsx.job`)."""
+    """The overrides this command line gave (`fsx.overrides`, all but the mlflow.* ones: where
+    a run is recorded is not what it computes) and, in a multirun, the job's number in the
+    sweep (`fsx.job`)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -96,7 +97,8 @@ def job_tags() -> dict[str, str]:
         hc = HydraConfig.get()
     except Exception:  # noqa: BLE001 - called outside Hydra (from Python): no command line
         return {}
-    tags = {"fsx.overrides": " ".join(hc.overrides.task)}
+    shown = [o for o in hc.overrides.task if not o.lstrip("+~").startswith("mlflow.")]  # a URI may hold credentials
+    tags = {"fsx.overrides": " ".join(shown)}
     if hc.mode == RunMode.MULTIRUN:
         tags["fsx.job"] = str(hc.job.num)
     return tags
@@ -110,9 +112,10 @@ def note_job_run(run_id: str) -> None:
     JOB_RUN["id"] = run_id
 
 
-def record_job_failure(message: str, tracking_uri: str, experiment: str, command: str) -> None:
+def record_job_failure(message: str, cfg, command: str) -> None:
     """List the failed job in the sweep directory and, when it failed before opening its own
-    run, record it in the store as a FAILED child of the sweep's parent run."""
+    run, record it in the store as a FAILED child of the sweep's parent run. The list comes
+    first, and nothing here raises: a job's failure must not become the sweep's."""
     import contextlib
 
     from hydra.core.hydra_config import HydraConfig
@@ -126,7 +129,8 @@ def record_job_failure(message: str, tracking_uri: str, experiment: str, command
         return
     params = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     tags = {"fsx.command": command, **job_tags(), "fsx.error": message[:5000]}
-    with contextlib.suppress(Exception):  # a store that cannot be reached has the failures file
+    with contextlib.suppress(Exception):  # a store that cannot be reached (or named) has the failures file
+        tracking_uri, experiment = str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment)
         tracking.check_store(tracking_uri)  # at once, not after the client's retries
         tracking.record_failed_run(tracking_uri, experiment, f"{command} job {hc.job.num} (failed before it started)", tags, parent, params)
 
