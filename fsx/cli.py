@@ -30,7 +30,8 @@ app = typer.Typer(
         "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx detect checkpoint=latest:adapt images=photos/   # boxes on your images, a browsable page\n"
         "  fsx loop checkpoint=latest experiment=loop_letters  # simulated annotate -> adapt -> evaluate loop\n"
-        "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n\n"
+        "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n"
+        "  fsx runs sweep                                # that sweep's jobs: status, time, errors\n\n"
         "`fsx VERB --cfg job` prints every key. Exit codes: 0 ok, 2 bad usage or input, 130/143 "
         "stopped by Ctrl-C/SIGTERM (resumable), 1 other failures. `fsx runs clean` marks runs of "
         "killed processes KILLED. Set FSX_DEBUG=1 for full tracebacks."
@@ -524,6 +525,31 @@ def runs_clean(
             marked += 1
             typer.echo(f"{'would mark' if dry_run else 'marked'} KILLED: {where}: process {run['tags']['fsx.pid']} is gone")
     typer.echo(f"{marked} run(s) {'to mark' if dry_run else 'marked'} KILLED")
+
+
+@runs_app.command("sweep")
+def runs_sweep(
+    parent: str = typer.Argument(None, help="The sweep's parent run id (printed when the sweep starts); default: the newest sweep."),
+    tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
+    experiment: str = typer.Option("fsx", "--experiment", help="The experiment to look for the newest sweep in."),
+) -> None:
+    """Where a sweep (fsx ... -m) stands, read from the store alone, so it works while the sweep
+    runs, from another machine, or after its launcher died: one row per job with its status,
+    how long it took, its run id and the overrides that set it apart, and the error of each
+    failed job. RUNNING? marks a run whose process on this host is gone (fsx runs clean marks
+    it KILLED; rerunning the sweep resumes it and skips what finished).
+
+    \b
+      fsx runs sweep
+      fsx runs sweep 45ecdeeaaac84ff3bd97a12b22622f54 --tracking-uri http://127.0.0.1:5000"""
+    from fsx import tracking
+    from fsx.run.sweep_status import sweep_status
+
+    try:
+        tracking.check_store(tracking_uri)
+        typer.echo(sweep_status(tracking_uri, experiment, parent))
+    except UsageError as e:
+        _fail(str(e), e.exit_code)
 
 
 data_app = typer.Typer(

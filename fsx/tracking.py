@@ -461,6 +461,7 @@ def search_runs(tracking_uri: str, experiment: str, filter_string: str = "", par
         raise UsageError(f"--filter: MLflow cannot use the filter string {filter_string!r}: {str(e).splitlines()[0]}") from None
     names = {e: client.get_experiment(e).name for e in {r.info.experiment_id for r in runs}}
     return [
-        {"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "experiment": names[r.info.experiment_id], "tags": dict(r.data.tags), "params": dict(r.data.params)}
+        {"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "experiment": names[r.info.experiment_id], "tags": dict(r.data.tags), "params": dict(r.data.params),
+         "start_ms": r.info.start_time, "end_ms": r.info.end_time}
         for r in runs
     ]

@@ -169,7 +169,7 @@ class ParentRunCallback(Callback):
                 "fsx.command": config.command,
                 "fsx.multirun": "parent",
                 "fsx.sweep": " ".join(config.hydra.overrides.task),
-                "fsx.sweep_dir": str(sweep_dir),
+                "fsx.sweep_dir": str(sweep_dir.resolve()),
             },
         )
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
