@@ -454,7 +454,7 @@ def report_command(
     experiment: str = typer.Option("fsx", "--experiment", help="The experiment whose eval runs to report on (without --parent)."),
     filter_string: str = typer.Option(None, "--filter", help="An MLflow filter on tags/params, e.g. \"params.shots = '5' and tags.`fsx.fold` = '1'\"."),
     metric: str = typer.Option("AP50", "--metric", help="Any metric of eval/repeats.csv: AP, AP50, AP75, vocAP50, AR100, ..."),
-    out: str = typer.Option("report", "--out", help="The folder to write report.md, report.csv and the PNGs to (the config key report.out)."),
+    out: str = typer.Option("report", "--out", help="The folder to write report.md, report.csv and the PNGs to."),
     baseline: str = typer.Option(None, "--baseline", help="The algorithm the paired differences are taken to (default: the first evaluated)."),
     no_log: bool = typer.Option(False, "--no-log", help="Only write the folder; log no MLflow run."),
     tracking_uri: str = typer.Option("sqlite:///mlflow.db", "--tracking-uri", help="The store (fsx's default: ./mlflow.db)."),
