@@ -69,37 +69,41 @@ def plan_job(config: dict, command: str) -> tuple[str, str | None]:
     return "run", None
 
 
-def parent_run_id() -> str | None:
-    """The parent run of the multirun this job belongs to; None outside a multirun."""
+def hydra_job():
+    """The running Hydra job's config (HydraConfig), or None when fsx is called from Python."""
     try:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
-            return None
-        marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
-        if marker.is_file():
-            return marker.read_text().strip()
-    except Exception:  # noqa: BLE001
+        return HydraConfig.get()
+    except Exception:  # noqa: BLE001 - ValueError outside Hydra
         return None
-    return os.environ.get(PARENT_RUN_ENV)
+
+
+def _in_multirun(hc) -> bool:
+    from hydra.types import RunMode
+
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def parent_run_id() -> str | None:
+    """The parent run of the multirun this job belongs to; None outside a multirun."""
+    hc = hydra_job()
+    if not _in_multirun(hc):
+        return None
+    marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
+    return marker.read_text().strip() if marker.is_file() else os.environ.get(PARENT_RUN_ENV)
 
 
 def job_tags() -> dict[str, str]:
     """The overrides this command line gave (`fsx.overrides`, all but the mlflow.* ones: where
     a run is recorded is not what it computes) and, in a multirun, the job's number in the
     sweep (`fsx.job`)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except Exception:  # noqa: BLE001 - called outside Hydra (from Python): no command line
+    hc = hydra_job()
+    if hc is None:
         return {}
     shown = [o for o in hc.overrides.task if not o.lstrip("+~").startswith("mlflow.")]  # a URI may hold credentials
     tags = {"fsx.overrides": " ".join(shown)}
-    if hc.mode == RunMode.MULTIRUN:
+    if _in_multirun(hc):
         tags["fsx.job"] = str(hc.job.num)
     return tags
 

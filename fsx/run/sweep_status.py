@@ -57,7 +57,8 @@ def sweep_status(tracking_uri: str, experiment: str, parent: str | None = None, 
 
     split = {r["id"]: split_overrides(r["tags"].get("fsx.overrides", "")) for r in jobs}
     common = set.intersection(*(set(o) for o in split.values())) if len(split) > 1 else set()
-    counts = {s: sum(_state(r) == s for r in jobs) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED", "RUNNING", "RUNNING?")}
+    states = [_state(r) for r in jobs]  # once each: a RUNNING run asks whether its process lives
+    counts = {s: states.count(s) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED", "RUNNING", "RUNNING?")}
     lines = [
         f"sweep {parent_run['id']} ({tags.get('fsx.command', '?')}; parent {parent_run['status']}): {tags.get('fsx.sweep', '')}",
         f"  directory: {tags.get('fsx.sweep_dir', '?')}",
@@ -71,9 +72,9 @@ def sweep_status(tracking_uri: str, experiment: str, parent: str | None = None, 
     if counts["RUNNING?"]:
         lines.append("  RUNNING?: its process on this host is gone; `fsx runs clean` marks it KILLED, and a rerun of the sweep resumes it")
     lines += ["", f"{'job':>4}  {'status':<9} {'took':>7}  {'run':<8}  overrides / error"]
-    for run in jobs:
+    for run, state in zip(jobs, states):
         own = " ".join(o for o in split[run["id"]] if o not in common) or "-"
-        lines.append(f"{run['tags'].get('fsx.job', '-'):>4}  {_state(run):<9} {_took(run):>7}  {run['id'][:8]:<8}  {own}")
+        lines.append(f"{run['tags'].get('fsx.job', '-'):>4}  {state:<9} {_took(run):>7}  {run['id'][:8]:<8}  {own}")
         if run["status"] != "FINISHED" and run["tags"].get("fsx.error"):
             error = run["tags"]["fsx.error"].splitlines()[0]
             lines.append(f"{'':>35}{error if len(error) <= width else error[: width - 3] + '...'}")

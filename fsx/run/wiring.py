@@ -21,7 +21,7 @@ from fsx.errors import UsageError
 from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 from fsx.run.checks import check_adapt
-from fsx.run.sweep import config_hash, job_tags, note_job_run, parent_run_id
+from fsx.run.sweep import config_hash, hydra_job, job_tags, note_job_run, parent_run_id
 
 HEAD_POLICIES = ("auto", "reset")  # auto: keep an adapted or meta-learned head that fits the task
 
@@ -137,21 +137,13 @@ def dataset_for_checkpoint(cfg, checkpoint_config: dict | None) -> dict:
 
 
 def _command_line_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except Exception:  # noqa: BLE001 - called outside Hydra (from Python): no command line
-        return []
+    hc = hydra_job()
+    return list(hc.overrides.task) if hc is not None else []  # called from Python: no command line
 
 
 def output_dir() -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # noqa: BLE001
-        return Path("outputs")
+    hc = hydra_job()
+    return Path(hc.runtime.output_dir) if hc is not None else Path("outputs")
 
 
 MODEL_GROUPS = ("algorithm", "detector", "backbone")
