@@ -40,36 +40,39 @@ from fsx.models.detectors import build_detector
 from fsx.models.heads import select_trainable
 
 
-def spec(backbone: dict, num_classes: int = 21, detector: dict | None = None) -> dict:
+def spec(backbone: dict, num_classes: int = 21, detector: dict | None = None, size: int = 128) -> dict:
     return {
         "detector": detector or FCOS,
         "backbone": backbone,
         "num_classes": num_classes,
-        "image_size": 128,
+        "image_size": size,
         "image_mean": [0.92] * 3,
         "image_std": [0.25] * 3,
     }
 
 
-def batch(n: int, device):
+def batch(n: int, device, size: int = 128):
+    """n square images of `size` px with two boxes each (at 128 px; scaled with the size)."""
     g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 128, 128, generator=g).to(device) for _ in range(n)]
-    targets = [{"boxes": torch.tensor([[10.0, 12, 40, 50], [60, 64, 100, 110]], device=device), "labels": torch.tensor([1, 3], device=device)} for _ in range(n)]
+    images = [torch.rand(3, size, size, generator=g).to(device) for _ in range(n)]
+    scale = size / 128
+    boxes = torch.tensor([[10.0, 12, 40, 50], [60, 64, 100, 110]]) * scale
+    targets = [{"boxes": boxes.to(device), "labels": torch.tensor([1, 3], device=device)} for _ in range(n)]
     return images, targets
 
 
-def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True, memory_format=None, detector: dict | None = None):
-    model = build_detector(spec(backbone, detector=detector)).to(device).train()
+def train_fn(backbone: dict, n: int, device, params: str = "all", amp: bool = True, memory_format=None, detector: dict | None = None, size: int = 128):
+    model = build_detector(spec(backbone, detector=detector, size=size)).to(device).train()
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
     opt = torch.optim.Adam(select_trainable(model, params), lr=1e-4)
-    images, targets = batch(n, device)
+    images, targets = batch(n, device, size)
     return lambda: train_step(model, opt, images, targets, device, amp=amp, clip_norm=10.0)
 
 
-def infer_fn(backbone: dict, n: int, device, amp: bool = True):
-    model = build_detector(spec(backbone)).to(device).eval()
-    images, _ = batch(n, device)
+def infer_fn(backbone: dict, n: int, device, amp: bool = True, size: int = 128):
+    model = build_detector(spec(backbone, size=size)).to(device).eval()
+    images, _ = batch(n, device, size)
 
     @torch.no_grad()
     def run():
@@ -181,6 +184,9 @@ def _status_kb(field: str) -> int:
 
 
 TINY = {"name": "tiny", "out_channels": 64}
+# the pretrained backbones as a run from ImageNet builds them (norm=auto: frozen batch norm over loaded weights)
+LITE0 = {"name": "efficientnet_lite0", "out_channels": 128, "norm": "frozen_bn"}
+R18_FROZEN = {"name": "resnet18", "out_channels": 128, "norm": "frozen_bn"}
 FCOS = {"name": "fcos"}
 RETINANET = {"name": "retinanet", "anchor_scale": 1.5, "head_norm": "group", "box_loss": "giou"}
 FASTER_RCNN = {"name": "fasterrcnn", "anchor_scale": 2.0, "anchor_octaves": 2, "representation_size": 256, "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 128}
@@ -305,6 +311,19 @@ def cocoeval_seconds_per_1000(images: int = 1000, seed: int = 0) -> float:
     start = time.perf_counter()
     detection_metrics(gt, dets, [1, 2, 3, 4, 5])
     return (time.perf_counter() - start) * 1000 / images
+
+
+def pretrained_backbone_rows(device, repeats: int) -> list[dict]:
+    """The ImageNet backbones' costs (random weights: the cost is the same): an FCOS training
+    step at batch 16 with EfficientNet-Lite0 against the tiny net and ResNet-18, at 128 and
+    320 px, and inference per image at 320 px (batch 16; images/s = 1 / the figure)."""
+    rows = []
+    for size in (128, 320):
+        for name, other in (("tiny", TINY), ("resnet18", R18_FROZEN)):
+            rows.append(compare(f"FCOS train step b16 {size} px: A {name}, B efficientnet_lite0", train_fn(other, 16, device, size=size), train_fn(LITE0, 16, device, size=size), device, repeats, unit="s/step"))
+    for name, other in (("tiny", TINY), ("resnet18", R18_FROZEN)):
+        rows.append(compare(f"FCOS inference b16 320 px: A {name}, B efficientnet_lite0 (per image)", infer_fn(other, 16, device, size=320), infer_fn(LITE0, 16, device, size=320), device, repeats, 16, 16, "s/image"))
+    return rows
 
 
 def timed(fn, device) -> float:
@@ -488,6 +507,7 @@ def main() -> None:
         compare("train step tiny b16: A contiguous, B channels_last", train_fn(tiny, 16, device, memory_format=torch.contiguous_format), train_fn(tiny, 16, device, memory_format=torch.channels_last), device, args.repeats, unit="s/step"),
         compare("adapt step tiny b16: A all params, B class head only", train_fn(tiny, 16, device), train_fn(tiny, 16, device, params="class_head"), device, args.repeats, unit="s/step"),
         compare("inference tiny: A batch 1, B batch 32 (per image)", infer_fn(tiny, 1, device), infer_fn(tiny, 32, device), device, args.repeats, 1, 32, "s/image"),
+        *pretrained_backbone_rows(device, args.repeats),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         data = letters_dataset(Path(tmp))

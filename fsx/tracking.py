@@ -322,7 +322,7 @@ def finish_parent_run(tracking_uri: str, parent_run_id: str, failed: bool = Fals
     return children
 
 
-def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain", algorithm: str | None = None) -> str:
+def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain", algorithm: str | None = None, key: str = "checkpoint") -> str:
     """The newest finished run of `command` (and of `algorithm`, when given) in the experiment."""
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -335,12 +335,13 @@ def latest_run_id(tracking_uri: str, experiment: str, command: str = "pretrain",
     if not runs:
         name = "latest" if (command, algorithm) == ("pretrain", None) else ":".join(["latest", command] + ([algorithm] if algorithm else []))
         what = f"'{command}' run" + (f" of algorithm {algorithm}" if algorithm else "")
-        raise UsageError(f"checkpoint={name}: no finished {what} in experiment '{experiment}' at {tracking_uri}")
+        raise UsageError(f"{key}={name}: no finished {what} in experiment '{experiment}' at {tracking_uri}")
     return runs[0].info.run_id
 
 
-def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tuple[Path, str | None]:
+def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str, key: str = "checkpoint") -> tuple[Path, str | None]:
     """A local checkpoint file for `reference`, and the run id it came from (None for a file).
+    `key` is the config key the reference was given as (checkpoint, init), for the messages.
 
     reference: `runs:/<run_id>` (its checkpoints/model.pt), `runs:/<run_id>/<artifact path>`,
     `latest` (the newest finished pretrain run of the experiment), `latest:<command>`,
@@ -351,11 +352,11 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
     reference = str(reference)
     if reference == "latest" or reference.startswith("latest:"):
         _, command, algorithm = (reference.split(":", 2) + ["", ""])[:3]
-        reference = f"runs:/{latest_run_id(tracking_uri, experiment, command or 'pretrain', algorithm or None)}"
+        reference = f"runs:/{latest_run_id(tracking_uri, experiment, command or 'pretrain', algorithm or None, key)}"
     if not reference.startswith("runs:/"):
         path = Path(reference).expanduser()
         if not path.is_file():
-            raise UsageError(f"checkpoint={reference}: no such file (use runs:/<run_id> for an MLflow run)")
+            raise UsageError(f"{key}={reference}: no such file (use runs:/<run_id> for an MLflow run)")
         return path, None
     rest = reference[len("runs:/") :].strip("/")
     run_id, _, artifact = rest.partition("/")
@@ -364,7 +365,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
     try:
         client.get_run(run_id)
     except Exception:  # noqa: BLE001 - mlflow raises MlflowException for unknown ids
-        raise UsageError(f"checkpoint={reference}: no run '{run_id}' in the MLflow store at {tracking_uri}") from None
+        raise UsageError(f"{key}={reference}: no run '{run_id}' in the MLflow store at {tracking_uri}") from None
     # Artifacts never change once logged: keep one local copy per run and artifact.
     final = Path(os.environ.get("FSX_CACHE", "~/.cache/fsx")).expanduser() / "checkpoints" / run_id / artifact
     if final.is_file():
@@ -374,7 +375,7 @@ def resolve_checkpoint(reference: str, tracking_uri: str, experiment: str) -> tu
         try:
             local = client.download_artifacts(run_id, artifact, tmp)
         except Exception as e:  # noqa: BLE001
-            raise UsageError(f"checkpoint={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
+            raise UsageError(f"{key}={reference}: run '{run_id}' has no artifact '{artifact}' ({e})") from None
         os.replace(local, final)
     return final, run_id
 

@@ -73,12 +73,20 @@ def test_backbone_feature_maps(detector):
     assert [tuple(f.shape) for f in feats.values()] == [(1, 64, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4)]
 
 
-def test_extra_levels_add_p6_p7():
+def test_extra_levels_add_p6_p7_or_a_pooled_level():
     bb = build_backbone("tiny", out_channels=32, extra_levels=2)
     assert bb.strides == [8, 16, 32, 64, 128]
     assert len(bb(torch.zeros(1, 3, 128, 128))) == 5
-    with pytest.raises(UsageError, match="backbone.extra_levels=1"):
-        build_backbone("tiny", extra_levels=1)
+    assert bb.fpn.extra_blocks.use_P5 is False  # from C5 (128 channels), as in the RetinaNet paper
+    from_p5 = build_backbone("tiny", out_channels=32, extra_levels=2, extra_from="p5")
+    assert from_p5.fpn.extra_blocks.use_P5 is True  # torchvision's FCOS and RetinaNet v1
+    pooled = build_backbone("tiny", out_channels=32, extra_levels=1)
+    maps = pooled(torch.zeros(1, 3, 128, 128))
+    assert list(maps) == ["0", "1", "2", "pool"] and pooled.strides == [8, 16, 32, 64] and pooled.roi_levels == ["0", "1", "2"]
+    with pytest.raises(UsageError, match="backbone.extra_levels=3"):
+        build_backbone("tiny", extra_levels=3)
+    with pytest.raises(UsageError, match="backbone.extra_from=p4"):
+        build_backbone("tiny", extra_levels=2, extra_from="p4")
 
 
 def test_unknown_names_are_usage_errors():
@@ -383,7 +391,7 @@ def test_the_reptile_thesis_retinanet_preset():
     from hydra import compose, initialize_config_module
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-    from fsx.run.wiring import new_model_spec
+    from fsx.run.start import new_model_spec
 
     with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=["experiment=rt_retinanet_r34"])
@@ -423,7 +431,7 @@ def test_ssdlite_heads_train_and_their_class_head_resets():
     from hydra import compose, initialize_config_module
     from torchvision.models.detection.ssdlite import SSDLiteHead
 
-    from fsx.run.wiring import new_model_spec
+    from fsx.run.start import new_model_spec
 
     with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=["experiment=ssdlite_mobilenet_v3", "backbone.out_channels=32"])

@@ -76,6 +76,15 @@ def logged(uri: str, run_id: str, name: str) -> dict[int, float]:
     return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, name)}
 
 
+def pretraining_passes(uri: str, eval_run: str) -> str:
+    """The forward-backward passes the pretraining behind an eval run logged (train.passes_run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    source = client.get_run(eval_run).data.tags["fsx.source_run"]
+    return client.get_run(source).data.params["train.passes_run"]
+
+
 def csv_rows(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
@@ -109,10 +118,11 @@ def test_the_table_holds_what_the_runs_logged(store, tmp_path):
             assert number(row[f"AP50_mean@{m}"]) == pytest.approx(means[m], abs=1e-12)
             assert number(row[f"AP50_ci95@{m}"]) == pytest.approx(cis[m], abs=1e-12, nan_ok=True)
             cells.append(f"{means[m]:.3f} ± {cis[m]:.3f}")
-        line = f"| {row['algorithm']} | fcos | tiny | letters | 1 | 5 | 2 | 1 | 2 | {' | '.join(cells)} |"
+        assert row["passes"] == pretraining_passes(store.uri, row["run_ids"])  # the checkpoint's lineage, as the pretraining logged it
+        line = f"| {row['algorithm']} | fcos | tiny | scratch | letters | 1 | 5 | 2 | {row['passes']} | 1 | 2 | {' | '.join(cells)} |"
         assert line in markdown.splitlines(), markdown
         assert line in text.splitlines()  # printed too
-    assert "| algorithm | detector | backbone | dataset | fold | ways | shots | runs | n | AP50 @0 | AP50 @3 |" in markdown
+    assert "| algorithm | detector | backbone | weights | dataset | fold | ways | shots | passes | runs | n | AP50 @0 | AP50 @3 |" in markdown
     assert f"wrote {out}/" in text
 
 
@@ -223,7 +233,7 @@ def test_the_cli_reports_and_refuses_with_exit_2(store, tmp_path):
 def test_an_all_folds_row_averages_the_fold_means(tmp_path):
     def record(fold: str, ap50: list[float]) -> Record:
         rows = [{"milestone": 10, "task_seed": s, "AP50": v} for s, v in enumerate(ap50, start=1)]
-        labels = {"algorithm": "reptile", "detector": "fcos", "backbone": "tiny", "dataset": "fs_voc", "fold": fold, "ways": "5", "shots": "5"}
+        labels = {"algorithm": "reptile", "detector": "fcos", "backbone": "tiny", "weights": "scratch", "dataset": "fs_voc", "fold": fold, "ways": "5", "shots": "5"}
         return Record(Evaluation(f"fold {fold}", rows, [{"task_seed": s, "hash": f"{fold}{s}"} for s in range(1, 4)], fold), labels, f"run{fold}")
 
     folds = {"1": [0.1, 0.2, 0.3], "2": [0.4, 0.5, 0.9], "3": [0.3, 0.3, 0.3]}
@@ -233,7 +243,7 @@ def test_an_all_folds_row_averages_the_fold_means(tmp_path):
     assert (everything["fold"], everything["n"], everything["runs"]) == ("all", 3, 3)
     assert everything["stats"][10]["mean"] == pytest.approx(np.mean(means))
     assert everything["stats"][10]["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3))
-    assert f"| reptile | fcos | tiny | fs_voc | all | 5 | 5 | 3 | 3 | {np.mean(means):.3f} ± {everything['stats'][10]['ci95']:.3f} |" in report.markdown
+    assert f"| reptile | fcos | tiny | scratch | fs_voc | all | 5 | 5 | – | 3 | 3 | {np.mean(means):.3f} ± {everything['stats'][10]['ci95']:.3f} |" in report.markdown
     assert [r["fold"] for r in csv_rows(report.csv)] == ["1", "2", "3", "all"]
     assert sorted(p.name for p in report.pngs) == sorted([f"AP50-fs_voc-fold{f}-5way5shot.png" for f in folds] + ["AP50-fs_voc-all-folds-5way5shot.png"])
     for png in report.pngs:

@@ -16,7 +16,7 @@ from torch import nn
 from fsx import __version__
 from fsx.errors import UsageError
 from fsx.filemodes import give_usual_mode
-from fsx.models.detectors import build_detector
+from fsx.models.detectors import WEIGHT_KEYS, build_detector
 
 FORMAT = "fsx-checkpoint-1"
 
@@ -81,7 +81,8 @@ def _why_unloadable(error: Exception) -> str:
 def load_model(payload: dict) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     spec = dict(payload["model_spec"])
-    spec["backbone"] = {k: v for k, v in spec["backbone"].items() if k != "weights"}  # weights come from the state dict
+    for part in ("backbone", "detector"):  # the weights come from the state dict, not the files the run started from
+        spec[part] = {k: v for k, v in spec[part].items() if k not in WEIGHT_KEYS}
     try:
         model = build_detector(spec)
         model.load_state_dict(payload["state_dict"])

@@ -30,7 +30,7 @@ from fsx.evaluation.aggregate import summarize
 from fsx.evaluation.compare import Evaluation, compare, mismatched_tasks
 from fsx.evaluation.plots import curve_png, difference_png
 
-KEYS = ("algorithm", "detector", "backbone", "dataset", "fold", "ways", "shots")
+KEYS = ("algorithm", "detector", "backbone", "weights", "dataset", "fold", "ways", "shots")
 SETTING = ("dataset", "ways", "shots")  # what must agree for rows to be compared at all
 ALL_FOLDS = "all"
 
@@ -105,9 +105,14 @@ def build_report(records: list[Record], metric: str, out: Path | str, baseline: 
 
 
 def _model_labels(records: list[Record]) -> dict[int, str]:
-    """The algorithm's name, with detector/backbone when the records hold several models."""
+    """The algorithm's name (its lineage, e.g. "standard → reptile"), with the starting
+    weights and detector/backbone when the records hold several."""
     several = len({(r.labels["detector"], r.labels["backbone"]) for r in records}) > 1
-    return {id(r): r.labels["algorithm"] + (f" {r.labels['detector']}/{r.labels['backbone']}" if several else "") for r in records}
+    starts = len({r.labels["weights"] for r in records}) > 1
+    return {
+        id(r): r.labels["algorithm"] + (f" [{r.labels['weights']}]" if starts else "") + (f" {r.labels['detector']}/{r.labels['backbone']}" if several else "")
+        for r in records
+    }
 
 
 def _row(group: list[Record], model: str, metric: str, milestones: list[int]) -> dict:
@@ -116,6 +121,7 @@ def _row(group: list[Record], model: str, metric: str, milestones: list[int]) ->
     return {
         **{k: group[0].labels[k] for k in KEYS},
         "model": model,
+        "passes": ",".join(dict.fromkeys(r.labels.get("passes", "–") for r in group)),
         "runs": len(group),
         "run_ids": [r.run_id for r in group],
         "n": max((s["n"] for s in stats.values()), default=0),
@@ -226,8 +232,8 @@ def _markdown(rows, differences, milestones, metric, notes, pngs, selection, run
         "Runs with the same labels are pooled (`runs`); an `all` fold row is the mean of the fold means, its CI over folds (n = folds).",
         "",
     ]
-    header = ["algorithm", "detector", "backbone", "dataset", "fold", "ways", "shots", "runs", "n"] + [f"{metric} @{m}" for m in milestones]
-    text += markdown_table(header, [[str(r[k]) for k in KEYS] + [str(r["runs"]), str(r["n"])] + [_cell(r["stats"].get(m)) for m in milestones] for r in rows])
+    header = [*KEYS, "passes", "runs", "n"] + [f"{metric} @{m}" for m in milestones]
+    text += markdown_table(header, [[str(r[k]) for k in KEYS] + [str(r.get("passes", "")), str(r["runs"]), str(r["n"])] + [_cell(r["stats"].get(m)) for m in milestones] for r in rows])
     if differences or notes:
         text += ["", "## Paired differences", "", "Row minus the baseline over the same tasks (paired by task seed): mean ± 95% CI, paired t-test p; n = tasks.", ""]
     if differences:
@@ -242,12 +248,12 @@ def _markdown(rows, differences, milestones, metric, notes, pngs, selection, run
 
 def _csv(rows: list[dict], milestones: list[int], metric: str) -> str:
     """The table with plain numbers: <metric>_mean@<milestone>, <metric>_ci95@<milestone> (empty where none)."""
-    fields = list(KEYS) + ["runs", "n"] + [f"{metric}_{stat}@{m}" for m in milestones for stat in ("mean", "ci95")] + ["run_ids"]
+    fields = list(KEYS) + ["passes", "runs", "n"] + [f"{metric}_{stat}@{m}" for m in milestones for stat in ("mean", "ci95")] + ["run_ids"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        line = {k: r[k] for k in KEYS} | {"runs": r["runs"], "n": r["n"], "run_ids": " ".join(r["run_ids"])}
+        line = {k: r[k] for k in KEYS} | {"passes": r.get("passes", ""), "runs": r["runs"], "n": r["n"], "run_ids": " ".join(r["run_ids"])}
         for m in milestones:
             s = r["stats"].get(m) or {"mean": math.nan, "ci95": math.nan}
             for stat in ("mean", "ci95"):

@@ -1,4 +1,4 @@
-"""Detector x backbone factory over torchvision: RetinaNet, FCOS and Faster R-CNN.
+"""Detector x backbone factory over torchvision: RetinaNet, FCOS, Faster R-CNN and SSD.
 
 A detector is described by a plain `spec` dict (no config objects): it is stored in every
 checkpoint, so a checkpoint rebuilds its model with no other input. Every detector takes
@@ -23,7 +23,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from fsx.errors import UsageError
-from fsx.models.backbones import build_backbone
+from fsx.models.backbones import WEIGHT_KEYS, build_backbone
 from fsx.models.cosine import CosinePredictor
 from fsx.models.roi_align import GridRoIAlign
 
@@ -88,6 +88,18 @@ def anchor_sizes(strides: list[int], scale: float, octaves: int = 3) -> tuple[tu
     return tuple(tuple(scale * s * 2 ** (i / octaves) for i in range(octaves)) for s in strides)
 
 
+def _anchor_sizes(det: dict, strides: list[int], octaves: int) -> tuple[tuple[float, ...], ...]:
+    """`detector.anchor_sizes` (one list per level, as torchvision's builders write them) when
+    given, else computed from anchor_scale and anchor_octaves."""
+    given = det.get("anchor_sizes")
+    if given is None:
+        return anchor_sizes(strides, det["anchor_scale"], det.get("anchor_octaves", octaves))
+    sizes = tuple(tuple(float(v) for v in level) for level in given)
+    if len(sizes) != len(strides) or len({len(level) for level in sizes}) != 1:
+        raise UsageError(f"detector.anchor_sizes={[list(s) for s in sizes]}: give one list of sizes per feature level ({len(strides)} levels, strides {strides}), each of the same length")
+    return sizes
+
+
 def _head_norm(name: str | None, channels: int):
     """The norm layer of a dense head's towers: none (RetinaNet v1) or group norm (v2, FCOS)."""
     if name in (None, "none"):
@@ -114,7 +126,7 @@ def _dense_postprocess_args(det: dict, nms: float, topk: int = 1000) -> dict:
 
 
 def _retinanet(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
-    sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 3))
+    sizes = _anchor_sizes(det, backbone.strides, 3)
     anchors = FloatAnchorGenerator(sizes, (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes))
     head = FloatOutputHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=_head_norm(det.get("head_norm"), backbone.out_channels))
     loss = det.get("box_loss", "l1")
@@ -165,9 +177,9 @@ def box_predictor(in_features: int, num_classes: int, det: dict) -> nn.Module:
 
 
 def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
-    sizes = anchor_sizes(backbone.strides, det["anchor_scale"], det.get("anchor_octaves", 1))
+    sizes = _anchor_sizes(det, backbone.strides, 1)
     anchors = FloatAnchorGenerator(sizes, (tuple(det.get("aspect_ratios", (0.5, 1.0, 2.0))),) * len(sizes))
-    levels = [str(i) for i in range(len(backbone.strides))]
+    levels = list(getattr(backbone, "roi_levels", [str(i) for i in range(len(backbone.strides))]))  # the pyramid's own maps, not P6/P7/pool
     pool = det.get("roi_size", 7)
     rep = det.get("representation_size", 1024)
     kind = det.get("roi_align", "torchvision")
@@ -234,19 +246,62 @@ def _ssd(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
 _BUILDERS = {"retinanet": _retinanet, "fcos": _fcos, "fasterrcnn": _fasterrcnn, "ssd": _ssd}
 
 
+# The layers whose shape is the class count: not loaded from a detector trained on other classes.
+CLASS_OUTPUTS = {
+    "retinanet": ("head.classification_head.cls_logits.",),
+    "fcos": ("head.classification_head.cls_logits.",),
+    "fasterrcnn": ("roi_heads.box_predictor.",),
+    "ssd": ("head.classification_head.",),
+}
+
+
 def build_detector(spec: dict) -> nn.Module:
-    """spec: {detector: {...}, backbone: {...}, num_classes, image_size, image_mean, image_std}."""
-    det = spec["detector"]
+    """spec: {detector: {...}, backbone: {...}, num_classes, image_size, image_mean, image_std}.
+    Weights named in the spec (backbone.weights_file, detector.weights_file) are loaded;
+    a checkpoint's spec has none (its state dict follows)."""
+    det = {k: v for k, v in spec["detector"].items() if k not in WEIGHT_KEYS}
     if det["name"] not in _BUILDERS:
         raise UsageError(f"detector={det['name']}: choose one of {', '.join(DETECTORS)}")
     bb = dict(spec["backbone"])
-    backbone = build_backbone(bb.pop("name"), **bb)
+    name = bb.pop("name")
+    if name == "timm" or name == "efficientnet_lite0":
+        bb["image_size"] = int(spec["image_size"])  # timm's maps are checked with one forward pass at this size
+    backbone = build_backbone(name, **bb)
     if hasattr(backbone, "feature_channels") and det["name"] != "ssd":
         raise UsageError(f"backbone=vgg16 is SSD300's base (maps of different widths, no feature pyramid): use it with detector=ssd, not {det['name']}")
     model = _BUILDERS[det["name"]](backbone, det, int(spec["num_classes"]), spec)
+    whole = spec["detector"].get("weights_file")
+    if whole:
+        load_detector_weights(model, det["name"], whole, str(spec["detector"].get("weights", whole)))
     # NHWC convolutions: 12% faster training steps on CPU (make bench), and the layout
     # tensor cores want on CUDA. Weights load into it unchanged.
     return model.to(memory_format=torch.channels_last)
+
+
+def load_detector_weights(model: nn.Module, family: str, path: str, name: str) -> None:
+    """A whole detector's state dict in torchvision's layout (its COCO detectors): every tensor
+    but the class outputs must fit; those stay fresh for this model's classes. SSD300's VGG
+    keys gain fsx's `body.` level."""
+    from fsx.models.backbones import read_state_dict
+
+    state = read_state_dict(path, key="detector.weights")
+    mine = model.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        if key not in mine and key.startswith("backbone.") and "backbone.body." + key[len("backbone.") :] in mine:
+            key = "backbone.body." + key[len("backbone.") :]
+        renamed[key] = value
+    skip = CLASS_OUTPUTS[family]
+    renamed = {k: v for k, v in renamed.items() if not k.startswith(skip)}
+    wrong = [k for k, v in renamed.items() if k in mine and mine[k].shape != v.shape]
+    missing = [k for k in mine if k not in renamed and not k.startswith(skip) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in renamed if k not in mine and not k.endswith("num_batches_tracked")]
+    if wrong or missing or unexpected:
+        raise UsageError(
+            f"detector.weights={name} does not fit this {family}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})"
+        )
+    model.load_state_dict({k: v for k, v in renamed.items() if k in mine}, strict=False)
 
 
 def model_spec(detector: dict, backbone: dict, num_classes: int, image_size: int, image_mean, image_std) -> dict:
@@ -255,7 +310,7 @@ def model_spec(detector: dict, backbone: dict, num_classes: int, image_size: int
     rebuilds without the weights file, names the norm it was trained with."""
     backbone = copy.deepcopy(dict(backbone))
     if backbone.get("norm") == "auto":
-        backbone["norm"] = "frozen_bn" if backbone.get("weights") else "bn"
+        backbone["norm"] = "frozen_bn" if backbone.get("weights") or backbone.get("weights_file") else "bn"
     return {
         "detector": copy.deepcopy(dict(detector)),
         "backbone": backbone,

@@ -180,11 +180,10 @@ def _fresh_class_head(model: nn.Module, num_classes: int, generator: torch.Gener
 
 
 def frozen_norm_layers(model: nn.Module) -> int:
-    """How many FrozenBatchNorm2d layers the model has: their affine terms are buffers, not
+    """How many frozen batch-norm layers the model has (torchvision's FrozenBatchNorm2d, timm's
+    FrozenBatchNorm2d and FrozenBatchNormAct2d): their affine terms are buffers, not
     parameters, so no optimiser (and no meta-learner's inner loop) ever changes them."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    return sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    return sum(type(m).__name__.startswith("FrozenBatchNorm") for m in model.modules())
 
 
 def upstream_of_roi_align(model: nn.Module, names: list[str]) -> list[str]:

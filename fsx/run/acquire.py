@@ -77,6 +77,7 @@ def acquire(cfg) -> dict:
     adapted = is_adapted_to(source.payload, task.class_names)
     needs_model = a.rule != "random" or a.pseudo_threshold is not None
     tags = {
+        **source.tags(),
         "fsx.checkpoint": source.reference,
         "fsx.acquire_rule": f"{a.rule} ({a.aggregate})" if a.rule != "random" else f"random (seed {a.seed})",
         **({"fsx.source_run": source.run_id} if source.run_id else {}),

@@ -37,7 +37,7 @@ def adapt(cfg) -> dict:
     model = model_for_task(source.payload, task, device, int(cfg.seed), reset=head_reset(cfg), classifier=classifier)
     if cfg.adapt.init == "novel":
         novel_initialised(model, task, settings, int(cfg.adapt.init_steps), device, int(cfg.seed), bool(cfg.amp), classifier)
-    tags = {**adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    tags = {**source.tags(), **adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"adapt {len(task.class_ids)}-way {task.shots}-shot {source.dataset['name']}/{source.dataset['fold']}"
     with recorded_run(cfg, "adapt", source.dataset, run_name=name, extra_tags=tags, checkpoint_config=source.payload.get("config")) as run:
         run.log_dict({**task.manifest(), "split": source.split.manifest()}, "manifest.json")
@@ -58,7 +58,10 @@ def adapt(cfg) -> dict:
         spec = dict(source.payload["model_spec"])
         spec.update(num_classes=len(task.class_ids), detector={**spec["detector"], **predictor_spec(model)})
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps, source_run=source.run_id, task=task.manifest(), pretrained_classes=pretrained_classes(source.payload))
+            path = save_checkpoint(
+                Path(tmp) / "model.pt", model, spec, task.class_names, run_config(cfg, source.dataset, source.payload.get("config")), kind="adapt", step=settings.steps,
+                source_run=source.run_id, task=task.manifest(), pretrained_classes=pretrained_classes(source.payload), start=source.payload.get("start"), lineage=source.payload.get("lineage"),
+            )
             log_checkpoint(run, path)
 
     stopped = f"; early stopping fired at step {result.stopped_at} (rolled back to {result.rolled_back_to})" if result.stopped_at else ""

@@ -63,7 +63,7 @@ def evaluate(cfg) -> dict:
     tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1, **task_options(cfg)) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
-    tags = {**adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    tags = {**source.tags(), **adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []

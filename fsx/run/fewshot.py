@@ -32,6 +32,22 @@ class Source:
     run_id: str | None  # the MLflow run it came from
     dataset: dict  # the dataset config in force
     split: Split
+    seen_novel: list[str] = dataclasses.field(default_factory=list)  # novel classes the weights saw boxes of (allow_seen_classes=true)
+
+    def tags(self) -> dict[str, str]:
+        """What a run that starts from this checkpoint says about it: the weights its lineage
+        began from, the lineage, the pretraining passes in all, and the protocol (clean, or
+        seen_classes when the weights saw boxes of novel classes and that was allowed)."""
+        lineage = self.payload.get("lineage") or []
+        config = self.payload.get("config") or {}
+        tags = {
+            "fsx.weights": str((self.payload.get("start") or {}).get("weights", "scratch")),
+            "fsx.lineage": " → ".join(p["algorithm"] for p in lineage) if lineage else str((config.get("algorithm") or {}).get("name", "?")),
+            "fsx.protocol": "seen_classes" if self.seen_novel else "clean",
+        }
+        if lineage:
+            tags["fsx.passes"] = str(sum(int(p.get("passes", 0)) for p in lineage))
+        return tags
 
 
 def load_source(cfg) -> Source:
@@ -39,9 +55,10 @@ def load_source(cfg) -> Source:
     payload = read_checkpoint(path)
     dataset = dataset_for_checkpoint(cfg, payload.get("config"))
     split = benchmark_split(dataset)
-    if not cfg.allow_seen_classes:
+    seen = seen_novel_classes(payload, split)
+    if seen and not cfg.allow_seen_classes:
         refuse_seen_classes(payload, split, str(cfg.checkpoint))
-    return Source(payload, str(cfg.checkpoint), run_id, dataset, split)
+    return Source(payload, str(cfg.checkpoint), run_id, dataset, split, seen)
 
 
 def pretrained_classes(payload: dict) -> list[str]:
@@ -51,16 +68,24 @@ def pretrained_classes(payload: dict) -> list[str]:
     return list(payload.get("classes", [])) if payload.get("kind") == "pretrain" else []
 
 
+def seen_novel_classes(payload: dict, split: Split) -> list[str]:
+    """The fold's novel classes whose boxes the checkpoint's weights have seen (its own base
+    classes, a COCO detector's categories, an init= parent's)."""
+    seen = set(pretrained_classes(payload))
+    return [c for c in split.fold.novel if same_class_names(c) & seen]
+
+
 def refuse_seen_classes(payload: dict, split: Split, reference: str) -> None:
     """Leakage guard: a checkpoint pretrained on boxes of a class this benchmark calls novel
     would make its few-shot numbers meaningless (a VOC 'sofa' is a COCO 'couch')."""
-    seen = set(pretrained_classes(payload))
-    overlap = [c for c in split.fold.novel if same_class_names(c) & seen]
+    overlap = seen_novel_classes(payload, split)
     if overlap:
+        coco = (payload.get("start") or {}).get("weights") == "coco" or "coco" in str(((payload.get("config") or {}).get("detector") or {}).get("weights", "")).lower()
+        why = " (it started from a COCO-trained detector, which has seen all 80 COCO classes)" if coco else ""
         raise UsageError(
-            f"checkpoint={reference} was pretrained on boxes of {', '.join(overlap[:8])}{' ...' if len(overlap) > 8 else ''}, "
+            f"checkpoint={reference} was pretrained on boxes of {', '.join(overlap[:8])}{' ...' if len(overlap) > 8 else ''}{why}, "
             f"novel classes of {split.fold.dataset} fold {split.fold.index}: its few-shot results there would not be few-shot. "
-            "Pretrain without them, or add allow_seen_classes=true to do it anyway"
+            "Pretrain without them, or add allow_seen_classes=true to do it anyway (the run is then tagged fsx.protocol=seen_classes)"
         )
 
 

@@ -65,6 +65,7 @@ def loop(cfg) -> dict:
     annotated = sorted(annotated_ids(start))
     metric = str(lp.metric)
     tags = {
+        **source.tags(),
         **adapt_tags(settings),
         "fsx.checkpoint": source.reference,
         "fsx.acquire_rule": f"{a.rule} ({a.aggregate})" if a.rule != "random" else f"random (seed {a.seed} + round)",

@@ -6,7 +6,7 @@ from fsx.algorithms import ALGORITHMS
 from fsx.errors import UsageError
 from fsx.models.detectors import build_detector
 from fsx.models.heads import parameter_names, upstream_of_roi_align
-from fsx.run.wiring import new_model_spec
+from fsx.run.start import new_model_spec
 
 SECOND_ORDER = ("maml", "metasgd")  # meta-gradients through the whole detector
 
@@ -28,6 +28,9 @@ def model_table(num_classes: int = 21) -> str:
             for backbone in options("backbone"):
                 if backbone == "vgg16" and detector != "ssd":
                     rows.append((detector, backbone, "-", "SSD300's base: detector=ssd only"))
+                    continue
+                if backbone == "timm":
+                    rows.append((detector, backbone, "-", "any timm model with maps at strides 8, 16, 32: backbone.model=<name>"))
                     continue
                 size = ["dataset.image_size=300"] if backbone == "vgg16" else []  # SSD300's base
                 cfg = compose(config_name="pretrain", overrides=[f"detector={detector}", f"backbone={backbone}", *size])

@@ -23,11 +23,11 @@ from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.errors import UsageError
 from fsx.evaluation.coco_metrics import SUMMARY_STATS, detection_metrics
 from fsx.evaluation.predict import predict
-from fsx.models.detectors import build_detector
 from fsx.models.heads import frozen_norm_layers
 from fsx.run.checks import check_pretrain
 from fsx.run.launch import launch
-from fsx.run.wiring import benchmark_split, log_checkpoint, new_model_spec, output_dir, plain, recorded_run, resumed_config
+from fsx.run.start import resolve_start
+from fsx.run.wiring import benchmark_split, log_checkpoint, output_dir, plain, recorded_run, resumed_config
 
 
 class Unrecorded:
@@ -118,6 +118,11 @@ def train_here(cfg, device: torch.device) -> dict:
     if resume is not None:
         cfg = resumed_config(cfg, resume.get("config"))
     check_pretrain(cfg)
+    hashed = plain(cfg)  # what the command line composed: a rerun of the sweep finds this run by it
+    start = None
+    if resume is None:  # before the data: a bad weight name or a missing file answers in seconds
+        with distributed.main_first():  # rank 0 downloads what is missing, the others read its cache
+            cfg, start = resolve_start(cfg)
     dataset_cfg = plain(cfg.dataset)
     with distributed.main_first():  # rank 0 generates or converts the data once, the others read it
         split = benchmark_split(dataset_cfg)
@@ -153,8 +158,18 @@ def train_here(cfg, device: torch.device) -> dict:
         torch.backends.cudnn.benchmark = True  # convolution algorithms tuned once per input shape
     workers = loader_workers(cfg.get("workers", "auto"), device, processes)
     data = PretrainData(train_set, class_ids, names, DetectionDataset(train_set, class_ids, transform), workers=workers, pin_memory=device.type == "cuda")
-    spec = resume["model_spec"] if resume else new_model_spec(cfg, algorithm.num_outputs(data))
-    model = (load_model(resume) if resume else build_detector(spec)).to(device)
+    spec = resume["model_spec"] if resume else start.spec(cfg, algorithm.num_outputs(data))
+    model = (load_model(resume) if resume else start.model(spec, names, algorithm.task_sized_head)).to(device)
+    # what the checkpoints say about where the weights came from (a resumed run keeps its own)
+    origin = resume["train_state"].get("origin") if resume else None
+    origin = origin or {
+        "weights": start.root_weights() if start else "scratch",
+        "parents": start.lineage(cfg.algorithm.name, None, 0, dataset_cfg)[:-1] if start else [],
+        "seen": start.seen_classes(names) if start else names,
+        "tags": start.tags(cfg.algorithm.name) if start else {},
+        "params": start.params() if start else {},
+    }
+    passes = steps * algorithm.passes_per_step()
     start_step = 0
     if resume:
         start_step = int(resume["train_state"]["step"])
@@ -169,11 +184,11 @@ def train_here(cfg, device: torch.device) -> dict:
             flush=True,
         )
 
-    extra_tags = {"fsx.last_checkpoint": str(last_path.resolve())}
+    extra_tags = {"fsx.last_checkpoint": str(last_path.resolve()), **origin["tags"]}
     if resume:
         extra_tags.update({"fsx.resumed_from": str(cfg.resume), "fsx.resumed_at_step": str(start_step)})
     name = f"pretrain {cfg.algorithm.name} {dataset_cfg['name']}/{dataset_cfg['fold']}"
-    recording = recorded_run(cfg, "pretrain", dataset_cfg, run_name=name, extra_tags=extra_tags, resume_run_id=resume_run) if main else contextlib.nullcontext(Unrecorded())
+    recording = recorded_run(cfg, "pretrain", dataset_cfg, run_name=name, extra_tags=extra_tags, resume_run_id=resume_run, hashed_config=hashed) if main else contextlib.nullcontext(Unrecorded())
     with recording as run:
         if not resume_run:
             run.log_dict({**split.manifest(), "val": {"image_ids": val_set.image_ids, "hash": val_set.content_hash()}}, "manifest.json")
@@ -183,8 +198,9 @@ def train_here(cfg, device: torch.device) -> dict:
                     "train_images": len(train_set),
                     "device_used": str(device),
                     "algorithm": algorithm.describe(),
-                    "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step(), "loader_workers": workers},
+                    "train": {"steps_run": steps, "passes_per_step": algorithm.passes_per_step(), "passes_run": passes, "loader_workers": workers},
                     "distributed": plan,
+                    **origin["params"],
                 }
             )
         window: collections.deque = collections.deque(maxlen=50)  # the last losses (device tensors between read-backs)
@@ -195,7 +211,7 @@ def train_here(cfg, device: torch.device) -> dict:
         def save_last(step: int) -> None:
             # the random states travel with the weights: a resumed run draws what this one would have
             rng = {"torch": torch.get_rng_state(), "augment": augment.get_state() if augment is not None else None}
-            state = {"step": step, "algorithm": algorithm.state_dict(), "rng": rng, "run_id": run.id}
+            state = {"step": step, "algorithm": algorithm.state_dict(), "rng": rng, "run_id": run.id, "origin": origin}
             save_checkpoint(last_path, model, spec, names, config, train_state=state, kind="pretrain")
 
         if resume and resume["train_state"].get("rng"):
@@ -230,7 +246,11 @@ def train_here(cfg, device: torch.device) -> dict:
             val = detection_metrics(val_set, results, class_ids)
             run.log_metrics({f"val/{k}": v for k, v in val.items() if k in SUMMARY_STATS}, step=last)
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_checkpoint(Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id, **algorithm.checkpoint_extras())
+            lineage = origin["parents"] + [{"run_id": run.id, "algorithm": cfg.algorithm.name, "passes": passes, "dataset": dataset_cfg["name"], "fold": str(dataset_cfg["fold"])}]
+            path = save_checkpoint(
+                Path(tmp) / "model.pt", model, spec, names, config, kind="pretrain", step=last, source_run=run.id,
+                start={"weights": origin["weights"]}, lineage=lineage, pretrained_classes=origin["seen"], **algorithm.checkpoint_extras(),
+            )
             log_checkpoint(run, path)
         last_path.unlink(missing_ok=True)  # finished: the run's artifact is the checkpoint now
 

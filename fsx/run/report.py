@@ -84,13 +84,30 @@ def run_loop_report(tracking_uri: str, experiment: str = "fsx", parent: str | No
 
 
 def _labels(run: dict, tasks: list[dict]) -> dict[str, str]:
-    """What the run evaluated: its tags, and ways/shots of its tasks (the params when absent)."""
+    """What the run evaluated: its tags (the algorithm as its lineage, "standard → reptile",
+    the weights the lineage started from, the pretraining passes in all), and ways/shots of
+    its tasks (the params when absent)."""
     tags, params, task = run["tags"], run["params"], tasks[0] if tasks else {}
     return {
         **{k: tags.get(f"fsx.{k}", "?") for k in ("algorithm", "detector", "backbone", "dataset", "fold")},
+        "algorithm": tags.get("fsx.lineage") or tags.get("fsx.algorithm", "?"),
+        "weights": tags.get("fsx.weights", "scratch"),
+        "passes": tags.get("fsx.passes", "–"),
         "ways": str(task.get("ways", params.get("ways", "?"))),
         "shots": str(task.get("shots", params.get("shots", "?"))),
     }
+
+
+def check_protocols(found: list[dict], selection: str) -> None:
+    """A report never mixes runs whose weights saw boxes of the novel classes (allowed with
+    allow_seen_classes=true) with clean ones: their numbers answer different questions."""
+    seen = [r["id"] for r in found if r["tags"].get("fsx.protocol") == "seen_classes"]
+    if seen and len(seen) < len(found):
+        raise UsageError(
+            f"{selection} mixes {len(seen)} run(s) whose weights saw boxes of their novel classes (fsx.protocol=seen_classes, "
+            f"e.g. {seen[0]}) with {len(found) - len(seen)} clean one(s); report them apart: "
+            "--filter \"tags.`fsx.protocol` = 'seen_classes'\" or --filter \"tags.`fsx.protocol` != 'seen_classes'\""
+        )
 
 
 def run_report(
@@ -105,6 +122,7 @@ def run_report(
 ) -> str:
     tracking.check_store(tracking_uri)
     found, selection = select_runs(tracking_uri, experiment, parent, filter_string)
+    check_protocols(found, selection)
     records = []
     for run in found:
         evaluation = load_evaluation(run["id"], tracking_uri, experiment)
@@ -131,7 +149,7 @@ def _log(tracking_uri: str, found: list[dict], records: list[Record], files: lis
     values = {k: ",".join(dict.fromkeys(r.labels[k] for r in records)) for k in KEYS}
     tags = {
         "fsx.command": "report",
-        **{f"fsx.{k}": values[k] for k in ("dataset", "fold", "algorithm", "detector", "backbone")},
+        **{f"fsx.{k}": values[k] for k in ("dataset", "fold", "algorithm", "detector", "backbone", "weights")},
         "fsx.metric": metric,
         **({"fsx.report_parent": parent} if parent else {}),
     }

@@ -18,7 +18,6 @@ from fsx.data.folds import Split, letters_fold, split_by_fold, split_own
 from fsx.data.letters import LettersSpec, letters_cache
 from fsx.engine.finetune import OPTIMIZERS, AdaptSettings
 from fsx.errors import UsageError
-from fsx.models.detectors import model_spec
 from fsx.models.heads import TRAINABLE
 from fsx.run.checks import check_adapt
 from fsx.run.sweep import config_hash, hydra_job, job_tags, note_job_run, parent_run_id
@@ -54,10 +53,6 @@ def dataset_source(dataset: dict) -> CocoSet:
     if name in BENCHMARKS:
         raise UsageError(f"dataset={name} is read as its protocol's parts, not as one source")
     raise UsageError(f"dataset={name}: choose letters, custom or one of {', '.join(BENCHMARKS)}")
-
-
-def new_model_spec(cfg, num_classes: int) -> dict:
-    return model_spec(plain(cfg.detector), plain(cfg.backbone), num_classes, cfg.dataset.image_size, cfg.dataset.image_mean, cfg.dataset.image_std)
 
 
 RECIPE_KEYS = ("params", "optimizer", "momentum", "lr", "weight_decay", "beta1")
@@ -96,7 +91,7 @@ def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
     a = OmegaConf.create(plain(cfg.adapt))
     recipe = adapt_recipe(cfg, checkpoint)
     if recipe:
-        explicit = {o.lstrip("+~").split("=", 1)[0] for o in _command_line_overrides()}
+        explicit = explicit_keys()
         for key in RECIPE_KEYS:
             if key in recipe and f"adapt.{key}" not in explicit:
                 a[key] = recipe[key]
@@ -119,7 +114,7 @@ def dataset_for_checkpoint(cfg, checkpoint_config: dict | None) -> dict:
     command line's `dataset.<key>=...` overrides applied on top (a `dataset=<name>` group
     switch replaces it). The cache directory is always this machine's. Adapting to another
     fold of the same dataset is refused: its novel classes were base classes in pretraining."""
-    overrides = _command_line_overrides()
+    overrides = command_line_overrides()
     stored = (checkpoint_config or {}).get("dataset")
     switched = any(o.lstrip("+~").split("=", 1)[0] == "dataset" for o in overrides)
     if not stored or switched:
@@ -136,9 +131,14 @@ def dataset_for_checkpoint(cfg, checkpoint_config: dict | None) -> dict:
     return chosen
 
 
-def _command_line_overrides() -> list[str]:
+def command_line_overrides() -> list[str]:
     hc = hydra_job()
     return list(hc.overrides.task) if hc is not None else []  # called from Python: no command line
+
+
+def explicit_keys() -> set[str]:
+    """The keys (and group names) the command line sets, e.g. {"adapt.lr", "backbone"}."""
+    return {o.lstrip("+~").split("=", 1)[0] for o in command_line_overrides()}
 
 
 def output_dir() -> Path:
@@ -175,7 +175,7 @@ def resumed_config(cfg, stored: dict | None) -> DictConfig:
     `fsx pretrain resume=true` needs no other argument."""
     if not stored:
         return cfg
-    overrides = [o for o in _command_line_overrides() if o.lstrip("+~").split("=", 1)[0] != "resume"]
+    overrides = [o for o in command_line_overrides() if o.lstrip("+~").split("=", 1)[0] != "resume"]
     switched = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "." not in o.split("=", 1)[0]}
     merged = OmegaConf.create(plain(cfg))
     keep = {k: v for k, v in stored.items() if k not in switched and k not in ("resume", "device", "mlflow") and k in merged}
@@ -186,17 +186,20 @@ def resumed_config(cfg, stored: dict | None) -> DictConfig:
 
 @contextlib.contextmanager
 def recorded_run(
-    cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None, checkpoint_config: dict | None = None, resume_run_id: str | None = None
+    cfg, command: str, dataset: dict, run_name: str, extra_tags: dict | None = None, checkpoint_config: dict | None = None, resume_run_id: str | None = None,
+    hashed_config: dict | None = None,
 ) -> Iterator[tracking.Run]:
     """An MLflow run with the contract's tags, config.yaml and params; prints its id.
     `resume_run_id` continues an interrupted run instead (its config and params are there).
+    `hashed_config`: the config as the command line composed it, when `cfg` has been
+    completed since (a COCO detector's architecture): a rerun sweep recognises the run by it.
 
     A failure inside is recorded as the tag `fsx.error` before the run is marked FAILED.
     """
     config = run_config(cfg, dataset, checkpoint_config)
     tags = {**run_tags(command, dataset, config), **({} if resume_run_id else job_tags()), **(extra_tags or {})}
     if not resume_run_id:
-        tags["fsx.config_hash"] = config_hash(plain(cfg))  # a rerun sweep skips what this run did
+        tags["fsx.config_hash"] = config_hash(hashed_config or plain(cfg))  # a rerun sweep skips what this run did
     with tracking.open_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name, tags, parent_run_id(), resume_run_id=resume_run_id) as run:
         note_job_run(run.id)
         again = " (resumed)" if resume_run_id else ""
