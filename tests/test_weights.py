@@ -301,3 +301,40 @@ def test_coco_weights_that_do_not_exist_for_a_model_are_usage_errors(detector, b
 def test_coco_weights_and_backbone_weights_together_are_refused():
     with pytest.raises(UsageError, match="holds the backbone's weights too: drop backbone.weights=imagenet"):
         detector_weights({"name": "fcos", "weights": "coco"}, {"name": "resnet50", "weights": "imagenet"})
+
+
+# --------------------------------------------------------------------------- what a run starts from
+
+
+def compose_pretrain(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fsx.conf", version_base="1.3"):
+        return compose("pretrain", list(overrides))
+
+
+def test_normalisation_follows_the_weights_unless_the_dataset_is_asked_for():
+    from fsx.run.start import resolve_start
+
+    lite0 = ["backbone=efficientnet_lite0", "backbone.weights=imagenet"]
+    cfg, start = resolve_start(compose_pretrain(*lite0))
+    spec = start.spec(cfg, 21)
+    assert spec["image_mean"] == list(LITE0_MEAN) and spec["image_std"] == list(LITE0_STD)
+    assert spec["backbone"]["weights_layout"] == "lite0" and spec["backbone"]["norm"] == "frozen_bn"
+    assert start.root_weights() == "imagenet" and start.params()["backbone.weights_sha256"].startswith("57934424")
+    cfg, start = resolve_start(compose_pretrain(*lite0, "normalize=dataset"))
+    assert start.spec(cfg, 21)["image_mean"] == [0.92, 0.92, 0.92]  # the letters' grey
+    cfg, start = resolve_start(compose_pretrain())
+    assert start.spec(cfg, 21)["image_mean"] == [0.92, 0.92, 0.92] and start.root_weights() == "scratch"
+    with pytest.raises(UsageError, match="normalize=weights: choose auto"):
+        resolve_start(compose_pretrain("normalize=weights"))
+
+
+def test_a_coco_detector_brings_torchvisions_architecture_into_the_config(offline_caches):
+    from fsx.run.start import resolve_start
+
+    place_torch_hub_file(offline_caches, torchvision.models.detection.FCOS_ResNet50_FPN_Weights.COCO_V1.url, {"x": torch.zeros(1)})
+    cfg, start = resolve_start(compose_pretrain("backbone=resnet50", "detector.weights=coco", "backbone.out_channels=64"))
+    assert (cfg.backbone.out_channels, cfg.backbone.extra_levels, cfg.backbone.extra_from, cfg.backbone.norm) == (256, 2, "p5", "frozen_bn")
+    assert start.root_weights() == "coco" and len(start.seen_classes(["a"])) == 81
+    assert start.spec(cfg, 3)["image_mean"] == list(IMAGENET_MEAN)

@@ -238,17 +238,39 @@ def hub_file(repo: str, filenames: list[str], key: str) -> tuple[Path, str]:
             f"{key}: {' or '.join(filenames)} of {repo} is not in the Hugging Face Hub cache ({folder}) and downloads are off "
             f"({_offline_reason()}). Fetch it on a machine with network (huggingface-cli download {repo}) and copy the cache folder, or unset the variable"
         )
-    print(f"downloading {repo} into {cache}", flush=True)
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.constants import ENDPOINT
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    unreachable = _unreachable(ENDPOINT)
+    if unreachable:  # the hub's client would retry for about a minute first
+        raise UsageError(
+            f"{key}: {filenames[0]} of {repo} is not in the Hugging Face Hub cache ({folder}) and {ENDPOINT} cannot be reached "
+            f"({unreachable}). Fetch it on a machine with network and copy the cache folder, or set HF_HUB_OFFLINE=1 to fail fast"
+        )
+    print(f"downloading {repo} into {cache}", flush=True)
     for filename in filenames:
         try:
             return Path(hf_hub_download(repo, filename, cache_dir=str(cache))), f"hf://{repo}/{filename}"
-        except EntryNotFoundError:
+        except LocalEntryNotFoundError as e:  # the connection failed and nothing is cached
+            raise UsageError(f"{key}: could not download {filename} of {repo} ({str(e)[:200]}); set HF_HUB_OFFLINE=1 to fail fast") from None
+        except EntryNotFoundError:  # the repository has no such file: try the next name
             continue
-        except Exception as e:  # noqa: BLE001 - no network, a proxy, a gated repository: the user's environment
+        except Exception as e:  # noqa: BLE001 - a proxy, a gated repository: the user's environment
             raise UsageError(f"{key}: could not download {filename} of {repo} ({type(e).__name__}: {str(e)[:200]}); set HF_HUB_OFFLINE=1 to fail fast") from None
     raise UsageError(f"{key}: {repo} holds none of {', '.join(filenames)}")
+
+
+def _unreachable(url: str, timeout: float = 5.0) -> str:
+    """Why the host of `url` cannot be reached ('' when a TCP connection opens)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
 
 
 # ----------------------------------------------------------------------------- the installable Lite0
