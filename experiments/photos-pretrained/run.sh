@@ -14,10 +14,13 @@ LOGS=${LOGS:-experiments/photos-pretrained/logs}
 mkdir -p "$LOGS"
 
 # run NAME VERB OVERRIDES...: one fsx command, its output in $LOGS/NAME.log
+# (a command that finished before is not run again, so an interrupted study resumes)
 run() {
   local name=$1 verb=$2
   shift 2
+  [ -e "$LOGS/$name.done" ] && return 0
   "$FSX" "$verb" experiment=photos_pretrained "$@" > "$LOGS/$name.log" 2>&1 || { echo "fsx $verb failed: see $LOGS/$name.log" >&2; return 1; }
+  touch "$LOGS/$name.done"
 }
 checkpoint_of() {  # the run id a pretraining printed
   sed -n 's|^checkpoint: runs:/\([0-9a-f]*\)/.*|\1|p' "$LOGS/$1.log"
