@@ -71,15 +71,56 @@ def test_meta_learner_pretrains_and_evaluates(name, runs, tmp_path):
     (eval_id,) = re.findall(rf"^MLflow run: ({RUN_ID})$", out, re.M)
     tags = client.get_run(eval_id).data.tags
     assert tags["fsx.algorithm"] == name
-    learned = "learned step sizes from the checkpoint" in tags["fsx.adapt_optimizer"]
-    assert learned == (name == "metasgd"), tags["fsx.adapt_optimizer"]
+    assert tags["fsx.adapt_recipe"] == name  # adapted as it was meta-trained (adapt.recipe=auto)
+    assert tags["fsx.adapt_optimizer"] == OWN_RECIPE[name], tags["fsx.adapt_optimizer"]
+
+
+# how each checkpoint adapts by default: Reptile and joint with their inner Adam (beta1 0,
+# lr 1e-3 in conf/algorithm/reptile.yaml), the MAML family with SGD at the inner lr 0.01 on
+# their inner parameter set, Meta-SGD with its learned rates
+OWN_RECIPE = {
+    "reptile": "adam lr 0.001 beta1 0",
+    "joint": "adam lr 0.001 beta1 0",
+    "maml": "sgd lr 0.01",
+    "fomaml": "sgd lr 0.01",
+    "metasgd": "learned step sizes from the checkpoint (80 tensors)",
+    "anil": "sgd lr 0.01, trains heads only",
+}
+
+
+def test_the_common_recipe_and_command_line_keys_override_the_checkpoints(runs, env):
+    done = runs["reptile"]
+    client = client_for(done["uri"])
+    for extra, recipe, optimizer in (
+        (["adapt.recipe=none"], "common", "adam lr 0.001"),
+        (["adapt.lr=0.0005"], "reptile (command line: adapt.lr)", "adam lr 0.0005 beta1 0"),
+    ):
+        result = ok(fsx_cli(["adapt", f"checkpoint=runs:/{done['run_id']}", "shots=2", "adapt.steps=2", *extra], done["cwd"], env))
+        (run_id,) = re.findall(rf"MLflow run ({RUN_ID})", result.stdout)
+        tags = client.get_run(run_id).data.tags
+        assert (tags["fsx.adapt_recipe"], tags["fsx.adapt_optimizer"]) == (recipe, optimizer)
+
+
+@pytest.mark.parametrize("name", ["reptile", "fomaml"])
+def test_a_fixed_head_meta_learner_pretrains_validates_and_evaluates(name, env, tmp_path):
+    pre = ok(fsx_cli(["pretrain", f"algorithm={name}", "algorithm.head=fixed", *TINY, *SCORED, *META[name], "train.steps=2", "train.val_images=8"], tmp_path, env))
+    run_id = printed_checkpoint_run(pre.stdout)
+    client = client_for(sqlite_uri(tmp_path / "mlflow.db"))
+    run = client.get_run(run_id)
+    assert run.data.params["algorithm.head_policy"].startswith("fixed: one output row per base class")
+    assert "val/AP50" in run.data.metrics  # one row per base class: the checkpoint detects them all
+    payload = read_checkpoint(download(client, run_id, "checkpoints/model.pt", tmp_path))
+    assert payload["adapt_head"] == "reset" and num_classes(load_model(payload)) == len(payload["classes"]) > 5
+    ev = ok(fsx_cli(["eval", f"checkpoint=runs:/{run_id}", "shots=2", "eval.repeats=1", "eval.milestones=[0,1]"], tmp_path, env))
+    assert table_rows(ev.stdout) == [0, 1], explain(ev)
 
 
 def test_learned_rates_can_be_switched_off(runs, env):
     done = runs["metasgd"]
     result = ok(fsx_cli(["adapt", f"checkpoint=runs:/{done['run_id']}", "shots=2", "adapt.steps=2", "adapt.learned_lr=false"], done["cwd"], env))
     (run_id,) = re.findall(rf"MLflow run ({RUN_ID})", result.stdout)
-    assert client_for(done["uri"]).get_run(run_id).data.tags["fsx.adapt_optimizer"] == "adam lr 0.001"
+    # its recipe without the learned rates: SGD steps of the initial inner lr
+    assert client_for(done["uri"]).get_run(run_id).data.tags["fsx.adapt_optimizer"] == "sgd lr 0.01"
 
 
 def test_maml_on_faster_rcnn_is_refused_with_the_way_out(env, tmp_path):

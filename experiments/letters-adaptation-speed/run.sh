@@ -11,5 +11,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 ALGORITHMS=${ALGORITHMS:-standard,joint,reptile,fomaml}
 CHECKPOINTS=$(echo "$ALGORITHMS" | sed -E 's/([a-z]+)/latest:pretrain:\1/g')
 "$FSX" pretrain -m experiment=letters_speed "algorithm=$ALGORITHMS" hydra/launcher=joblib hydra.launcher.n_jobs=2
-"$FSX" eval -m experiment=letters_speed "checkpoint=$CHECKPOINTS" hydra/launcher=joblib hydra.launcher.n_jobs=2
+# adapt.recipe=none: every checkpoint adapts with the same (common) recipe, as when this study
+# was run; without it a meta-learner's checkpoint adapts with its own inner optimiser
+# (experiments/meta-from-pretrained reports both)
+"$FSX" eval -m experiment=letters_speed "checkpoint=$CHECKPOINTS" adapt.recipe=none hydra/launcher=joblib hydra.launcher.n_jobs=2
 "$PYTHON" experiments/letters-adaptation-speed/table.py --experiment letters-speed

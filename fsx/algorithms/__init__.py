@@ -35,7 +35,7 @@ def build_algorithm(name: str, **params) -> Algorithm:
     try:
         return ALGORITHMS[name](name=name, **params)
     except TypeError as e:
-        raise UsageError(f"algorithm={name}: bad hyperparameters ({e})") from None
+        raise UsageError(f"algorithm={name}: bad hyperparameters ({e}); conf/algorithm/{name}.yaml lists its keys (a key another algorithm has, set by an experiment config, goes with ~algorithm.<key>)") from None
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "PretrainData", "build_algorithm"]

@@ -34,8 +34,10 @@ StepHook = Callable[[int, dict], bool | None]
 
 class Algorithm(abc.ABC):
     name: str = "algorithm"
-    # a meta-learner trains a head with one output per task class (ways), kept at adaptation;
-    # plain training trains one output per base class, replaced at adaptation
+    # a meta-learner trains on sampled tasks (episodes); with head=shuffled its head has one
+    # output per task class (ways), kept at adaptation; plain training, and a meta-learner with
+    # head=fixed, train one output per base class, replaced at adaptation
+    episodic: bool = False
     task_sized_head: bool = False
     ways: int = 0
 
@@ -50,7 +52,9 @@ class Algorithm(abc.ABC):
 
     def checkpoint_extras(self) -> dict:
         """What a final checkpoint carries beside the weights for adaptation to use:
-        `adapt_head` (keep | reset) and, for Meta-SGD, the learned `inner_lr` per parameter."""
+        `adapt_head` (keep | reset), the `adapt_recipe` it was trained to adapt with (the
+        adapt.* keys it sets, and `from`, who set them) and, for Meta-SGD, the learned
+        `inner_lr` per parameter."""
         return {"adapt_head": "keep" if self.task_sized_head else "reset"}
 
     def describe(self) -> dict[str, str]:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
-from fsx.algorithms.episodes import Episode, EpisodeSampler
+from fsx.algorithms.episodes import Episode, EpisodeSampler, check_head, head_policy, task_head
 from fsx.engine.device import autocast
 from fsx.engine.loop import infinite_batches, to_device, train, warmup_step_schedule
 from fsx.errors import UsageError
@@ -61,7 +61,7 @@ def rate_shape(param: torch.Tensor, per: str) -> tuple[int, ...]:
 
 class MAML(Algorithm):
     name = "maml"
-    task_sized_head = True
+    episodic = True
 
     def __init__(
         self,
@@ -85,6 +85,7 @@ class MAML(Algorithm):
         gamma: float = 0.1,
         clip_norm: float | None = 10.0,
         rotate: bool = False,
+        head: str = "shuffled",
     ):
         problems = [f"{k}={v} must be at least 1" for k, v in (("inner_steps", inner_steps), ("inner_batch", inner_batch), ("ways", ways), ("shots", shots), ("query_shots", query_shots), ("meta_batch", meta_batch)) if v < 1]
         for key, value in (("inner_lr", inner_lr), ("meta_lr", meta_lr), ("lr_max", lr_max)):
@@ -98,6 +99,8 @@ class MAML(Algorithm):
             problems.append(f"inner_lr={inner_lr} is above lr_max={lr_max}, the clamp on learned rates")
         if problems:
             raise UsageError(f"algorithm={name}: " + "; ".join(problems))
+        check_head(name, head)
+        self.head, self.task_sized_head = head, head == "shuffled"
         self.name, self.first_order, self.inner_steps, self.inner_lr = name, first_order, inner_steps, inner_lr
         self.inner_params, self.inner_batch, self.inner_clip_norm = inner_params, inner_batch, inner_clip_norm
         self.learn_inner_lr, self.lr_max = learn_inner_lr, lr_max
@@ -118,6 +121,7 @@ class MAML(Algorithm):
             "meta_gradient": order,
             "inner_lr_policy": rates,
             "inner_parameter_set": self.inner_params,
+            "head_policy": head_policy(self.head),
         }
 
     def passes_per_step(self) -> int:
@@ -151,7 +155,7 @@ class MAML(Algorithm):
         if self._pending_state:
             self._optimizer.load_state_dict(self._pending_state["optimizer"])
             self._scheduler.load_state_dict(self._pending_state["scheduler"])
-        sampler = EpisodeSampler(data, self.ways, self.shots, self.query_shots, rotate=self.rotate, transform=data.dataset.transform)
+        sampler = EpisodeSampler(data, self.ways, self.shots, self.query_shots, rotate=self.rotate, transform=data.dataset.transform, fixed_head=self.head == "fixed")
 
         def meta_batches():
             iteration = start_step
@@ -205,11 +209,12 @@ class MAML(Algorithm):
         seen: list[dict[str, float]] = []
         support: list[float] = []
         for episode in episodes:
-            fast, first = self.adapt_tensors(model, episode, device, amp)
-            query = next(infinite_batches(episode.query, self.inner_batch, episode.seed + 1))
-            loss, parts = detection_loss(model, fast, query, device, amp)
-            if backward:
-                (loss / len(episodes)).backward()
+            with task_head(model, episode):
+                fast, first = self.adapt_tensors(model, episode, device, amp)
+                query = next(infinite_batches(episode.query, self.inner_batch, episode.seed + 1))
+                loss, parts = detection_loss(model, fast, query, device, amp)
+                if backward:
+                    (loss / len(episodes)).backward()
             seen.append({**parts, "loss": float(loss.detach())})
             support.append(first)
         out = {k: sum(s[k] for s in seen) / len(seen) for k in seen[0]}
@@ -228,7 +233,10 @@ class MAML(Algorithm):
         return loss
 
     def checkpoint_extras(self) -> dict:
-        extras = super().checkpoint_extras()
+        """Adapt as meta-trained: plain SGD steps of the inner lr on the inner parameter set
+        (Meta-SGD: its learned rates, `inner_lr`, which replace the optimiser)."""
+        recipe = {"params": self.inner_params, "optimizer": "sgd", "lr": self.inner_lr, "momentum": 0.0, "weight_decay": 0.0, "from": self.name}
+        extras = {**super().checkpoint_extras(), "adapt_recipe": recipe}
         if self.rates:
             extras["inner_lr"] = {n: r.detach().cpu().clone() for n, r in self.rates.items()}
         return extras

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fsx.algorithms.base import Algorithm, PretrainData, StepHook
-from fsx.algorithms.episodes import Episode, EpisodeSampler
+from fsx.algorithms.episodes import Episode, EpisodeSampler, check_head, head_policy, task_head
 from fsx.engine import distributed
 from fsx.engine.loop import infinite_batches, optimizer_step, train
 from fsx.errors import UsageError
@@ -33,7 +33,7 @@ INNER_STATES = ("reset", "carry")
 
 class Reptile(Algorithm):
     name = "reptile"
-    task_sized_head = True
+    episodic = True
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Reptile(Algorithm):
         rotate: bool = False,
         clip_norm: float | None = 10.0,
         weight_decay: float = 0.0,
+        head: str = "shuffled",
     ):
         if inner_steps is None:
             inner_steps = 1 if name == "joint" else 10
@@ -65,7 +66,8 @@ class Reptile(Algorithm):
             problems.append(f"inner_steps={inner_steps}: joint training is Reptile with one inner step (use algorithm=reptile for more)")
         if problems:
             raise UsageError(f"algorithm={name}: " + "; ".join(problems))
-        self.name = name
+        check_head(name, head)
+        self.name, self.head, self.task_sized_head = name, head, head == "shuffled"
         self.inner_steps, self.inner_batch, self.inner_lr, self.inner_beta1 = inner_steps, inner_batch, inner_lr, inner_beta1
         self.inner_state, self.ways, self.shots, self.meta_batch = inner_state, ways, shots, meta_batch
         self.beta, self.beta_final, self.rotate = beta, beta_final, rotate
@@ -77,8 +79,15 @@ class Reptile(Algorithm):
     def describe(self) -> dict[str, str]:
         return {
             "bn_policy": "batch statistics in inner steps; running statistics interpolated toward the tasks' mean like the weights",
-            "inner_optimizer": f"Adam(lr={self.inner_lr}, betas=({self.inner_beta1}, 0.999)), state {self.inner_state} per task",
+            "inner_optimizer": f"Adam(lr={self.inner_lr}, betas=({self.inner_beta1}, 0.999)), "
+            + ("one state carried across tasks and meta-iterations" if self.inner_state == "carry" else "a fresh state per task"),
+            "head_policy": head_policy(self.head),
         }
+
+    def checkpoint_extras(self) -> dict:
+        """Adapt as meta-trained: the inner loop's Adam (β1, lr, weight decay) on every parameter."""
+        recipe = {"params": "all", "optimizer": "adam", "lr": self.inner_lr, "beta1": self.inner_beta1, "weight_decay": self.weight_decay, "momentum": 0.0, "from": self.name}
+        return {**super().checkpoint_extras(), "adapt_recipe": recipe}
 
     def passes_per_step(self) -> int:
         return self.meta_batch * self.inner_steps
@@ -106,7 +115,7 @@ class Reptile(Algorithm):
     def pretrain(self, model: nn.Module, data: PretrainData, steps: int, device: torch.device, *, seed: int, amp: bool = True, start_step: int = 0, on_step: StepHook | None = None, sync_every: int = 1) -> int:
         self.distributed_plan(distributed.world_size())  # refuses what cannot be shared among the processes
         self.total_steps = steps
-        sampler = EpisodeSampler(data, self.ways, self.shots, rotate=self.rotate, transform=data.dataset.transform)
+        sampler = EpisodeSampler(data, self.ways, self.shots, rotate=self.rotate, transform=data.dataset.transform, fixed_head=self.head == "fixed")
         self._restore_inner_state(model)
         distributed.broadcast_from_main(list(model.state_dict().values()))  # every process starts from rank 0's θ
         # task t of the meta-batch runs on process t mod world_size; each is drawn from
@@ -156,7 +165,8 @@ class Reptile(Algorithm):
                 if step == 1:
                     first.append(losses["loss"])
 
-            train(model, optimizer_step(model, optimizer, device, amp, self.clip_norm), batches, self.inner_steps, desc="inner", on_step=record, show_progress=False)
+            with task_head(model, episode):
+                train(model, optimizer_step(model, optimizer, device, amp, self.clip_norm), batches, self.inner_steps, desc="inner", on_step=record, show_progress=False)
             with torch.no_grad():
                 _add(total, params, 1)
                 _add(total_buffers, buffers, 1)

@@ -78,6 +78,7 @@ class TFA(Standard):
             "weight_decay": self.weight_decay,
             "beta1": 0.9,
             "classifier": {"classifier": self.classifier, "cosine_scale": self.cosine_scale, "learn_scale": self.learn_scale},
+            "from": "tfa stage 2",
         }
         return {**super().checkpoint_extras(), "adapt_recipe": recipe}
 

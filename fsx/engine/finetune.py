@@ -36,6 +36,9 @@ class AdaptSettings:
     # Meta-SGD's learned step sizes (parameter name -> rate tensor): when given, adaptation
     # takes plain gradient steps of these sizes on exactly these parameters
     learned_rates: dict[str, torch.Tensor] | None = None
+    # where these settings came from: "common" (the adapt.* keys), or the checkpoint's recipe
+    # ("reptile", "tfa stage 2", ...) and which keys the command line set over it
+    recipe: str = "common"
 
 
 class LearnedRateSGD(torch.optim.Optimizer):

@@ -14,7 +14,9 @@ SSD's sets are RetinaNet's: heads = its multi-box head, class_head = its class c
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -177,6 +179,65 @@ def _fresh_class_head(model: nn.Module, num_classes: int, generator: torch.Gener
         new.bias.fill_(-math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
     head.cls_logits = new.to(old.weight.device, memory_format=torch.channels_last)
     head.num_classes = num_classes
+
+
+@contextlib.contextmanager
+def only_class_rows(model: nn.Module, rows: list[int]) -> Iterator[None]:
+    """Within the block the model predicts only the classes of head rows `rows`, in that
+    order: task label j is the head's class rows[j] (a fixed-slot meta-learner's task,
+    PROTOCOLS 10.2's "global head + masking"). Forward hooks narrow the class outputs, so
+    losses, gradients (zero for the other rows) and `torch.func.functional_call` all see an
+    M-class head, and the weights keep one row per base class.
+
+    RetinaNet/FCOS: the class-logit channels of the rows (per anchor); SSD: the background
+    column and the rows' columns of every level; Faster R-CNN: the box predictor's background
+    and rows' scores and their class-specific boxes."""
+    handles: list = []
+    restore: list[tuple[object, str, int]] = []
+    total = num_classes(model)
+    bad = [r for r in rows if not 0 <= r < total]
+    if bad or len(set(rows)) != len(rows):
+        raise ValueError(f"rows {rows} must be distinct head rows of a {total}-class head")
+
+    def narrow(module: nn.Module, index: torch.Tensor, dim: int = 1) -> None:
+        def hook(_module, _args, output):
+            return output.index_select(dim, index.to(output.device))
+
+        handles.append(module.register_forward_hook(hook))
+
+    if isinstance(model, FasterRCNN):
+        keep = torch.tensor([0] + [r + 1 for r in rows])  # background first, as the predictor has it
+        boxes = (keep[:, None] * 4 + torch.arange(4)).reshape(-1)
+
+        def predictor_hook(_module, _args, output):
+            scores, deltas = output
+            if deltas.shape[-1] == 4 * (total + 1):  # class-specific boxes
+                deltas = deltas.index_select(1, boxes.to(deltas.device))
+            return scores.index_select(1, keep.to(scores.device)), deltas
+
+        handles.append(model.roi_heads.box_predictor.register_forward_hook(predictor_hook))
+    elif isinstance(model, SSD):
+        head = model.head.classification_head
+        columns = head.num_columns
+        keep = [0] + [r + 1 for r in rows]
+        for level in head.module_list:
+            conv = level[-1] if isinstance(level, nn.Sequential) else level
+            anchors = conv.out_channels // columns
+            narrow(conv, torch.tensor([a * columns + c for a in range(anchors) for c in keep]))
+        restore.append((head, "num_columns", columns))
+        head.num_columns = len(rows) + 1
+    else:
+        head = model.head.classification_head
+        narrow(head.cls_logits, torch.tensor([a * total + r for a in range(head.num_anchors) for r in rows]))
+        restore.append((head, "num_classes", total))
+        head.num_classes = len(rows)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for obj, attr, value in restore:
+            setattr(obj, attr, value)
 
 
 def frozen_norm_layers(model: nn.Module) -> int:

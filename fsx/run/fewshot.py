@@ -164,12 +164,19 @@ def init_tags(cfg) -> dict[str, str]:
 
 
 def adapt_tags(settings) -> dict[str, str]:
-    """How adaptation optimised, as a tag: a Meta-SGD checkpoint's learned rates, or adapt.optimizer."""
+    """How adaptation optimised, as tags: `fsx.adapt_optimizer` (a Meta-SGD checkpoint's
+    learned rates, or the optimiser, its lr, Adam's beta1 where not 0.9, SGD's momentum, and
+    the parameter set) and `fsx.adapt_recipe` (common, or the checkpoint's recipe)."""
+    tags = {"fsx.adapt_recipe": settings.recipe}
     if settings.learned_rates:
-        return {"fsx.adapt_optimizer": f"learned step sizes from the checkpoint ({len(settings.learned_rates)} tensors)"}
-    momentum = f" momentum {settings.momentum}" if settings.optimizer == "sgd" and settings.momentum else ""
+        return {**tags, "fsx.adapt_optimizer": f"learned step sizes from the checkpoint ({len(settings.learned_rates)} tensors)"}
+    extra = ""
+    if settings.optimizer == "sgd" and settings.momentum:
+        extra = f" momentum {settings.momentum:g}"
+    elif settings.optimizer == "adam" and settings.beta1 != 0.9:
+        extra = f" beta1 {settings.beta1:g}"
     trains = "" if settings.params == "all" else f", trains {settings.params} only"
-    return {"fsx.adapt_optimizer": f"{settings.optimizer} lr {settings.lr:g}{momentum}{trains}"}
+    return {**tags, "fsx.adapt_optimizer": f"{settings.optimizer} lr {settings.lr:g}{extra}{trains}"}
 
 
 def head_reset(cfg, direct: bool = False) -> bool | None:

@@ -177,7 +177,7 @@ def train_here(cfg, device: torch.device) -> dict:
     config = plain(cfg)
     last_path = last_path or output_dir() / "checkpoints" / "last.pt"
     frozen = frozen_norm_layers(model)
-    if frozen and algorithm.task_sized_head and main:
+    if frozen and algorithm.episodic and main:
         print(
             f"note: the backbone has {frozen} frozen batch-norm layers (backbone.norm=frozen_bn): their scale and shift are "
             f"buffers, so {cfg.algorithm.name}'s inner loop cannot adapt them; backbone.norm=bn makes them parameters",

@@ -59,9 +59,10 @@ RECIPE_KEYS = ("params", "optimizer", "momentum", "lr", "weight_decay", "beta1")
 
 
 def adapt_recipe(cfg, checkpoint: dict | None) -> dict | None:
-    """The adaptation recipe a checkpoint carries (TFA's stage 2), unless adapt.recipe=none."""
+    """The adaptation recipe a checkpoint carries (TFA's stage 2; a meta-learner's inner
+    optimiser), unless adapt.recipe=none."""
     if cfg.adapt.recipe not in ("auto", "none"):
-        raise UsageError(f"adapt.recipe={cfg.adapt.recipe}: choose auto (follow the checkpoint's recipe, if it has one) or none")
+        raise UsageError(f"adapt.recipe={cfg.adapt.recipe}: choose auto (adapt as the checkpoint was trained to, if it says how) or none (the adapt.* keys alone)")
     return (checkpoint or {}).get("adapt_recipe") if cfg.adapt.recipe == "auto" else None
 
 
@@ -85,16 +86,20 @@ def adapt_classifier(cfg, checkpoint: dict | None) -> dict | None:
 
 def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
     """Adaptation settings from cfg.adapt; a Meta-SGD checkpoint's learned step sizes replace
-    the optimiser unless adapt.learned_lr=false; a checkpoint's recipe (TFA stage 2) sets the
-    keys it names, except those set on the command line (adapt.params=all: TFA's ft-full)."""
+    the optimiser unless adapt.learned_lr=false; a checkpoint's recipe (TFA's stage 2, a
+    meta-learner's inner optimiser) sets the keys it names, except those set on the command
+    line (adapt.params=all: TFA's ft-full)."""
     check_adapt(cfg)
     a = OmegaConf.create(plain(cfg.adapt))
     recipe = adapt_recipe(cfg, checkpoint)
+    origin = "common"
     if recipe:
         explicit = explicit_keys()
         for key in RECIPE_KEYS:
             if key in recipe and f"adapt.{key}" not in explicit:
                 a[key] = recipe[key]
+        mine = sorted(f"adapt.{key}" for key in RECIPE_KEYS if key in recipe and f"adapt.{key}" in explicit)
+        origin = str(recipe.get("from", "checkpoint")) + (f" (command line: {', '.join(mine)})" if mine else "")
     if a.params not in TRAINABLE:
         raise UsageError(f"adapt.params={a.params}: choose one of {', '.join(TRAINABLE)}")
     if a.optimizer not in OPTIMIZERS:
@@ -106,6 +111,7 @@ def adapt_settings(cfg, checkpoint: dict | None = None) -> AdaptSettings:
         steps=int(a.steps), lr=float(a.lr), batch_size=int(a.batch_size), weight_decay=float(a.weight_decay),
         beta1=float(a.beta1), params=str(a.params), clip_norm=a.clip_norm, early_stopping=bool(a.early_stopping),
         window=int(a.window), factor=float(a.factor), optimizer=str(a.optimizer), momentum=float(a.momentum), learned_rates=rates or None,
+        recipe=origin,
     )
 
 
