@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,weights]"
+	$(BIN)/python -m pip install --quiet -e ".[test,weights,export,cluster]"
 	touch $(STAMP)
 
 # The main job: standard pretraining on letters fold 1, then 5-way 5-shot adaptation

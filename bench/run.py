@@ -326,6 +326,34 @@ def pretrained_backbone_rows(device, repeats: int) -> list[dict]:
     return rows
 
 
+def export_rows(device, repeats: int) -> list[dict]:
+    """Exported ONNX (onnxruntime, CPU) against PyTorch eager inference, per image at batch 1
+    and 8 (the exported graph takes one image per call: 8 calls), for the tiny FCOS at 128 px
+    and FCOS on EfficientNet-Lite0 at 320 px (random weights: the cost is the same)."""
+    from fsx.models.export import export_onnx, load_exported
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, backbone, size in (("tiny", TINY, 128), ("efficientnet_lite0", LITE0, 320)):
+            model = build_detector(spec(backbone, size=size)).eval()
+            images, _ = batch(8, torch.device("cpu"), size)
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(model, images[0], path, {})
+            session = load_exported(path)
+            for n in (1, 8):
+
+                @torch.no_grad()
+                def eager(n=n, model=model, images=images):
+                    model(images[:n])
+
+                def onnx(n=n, session=session, images=images):
+                    for image in images[:n]:
+                        session(image)
+
+                rows.append(compare(f"FCOS {name} inference {size} px b{n} on the CPU: A PyTorch eager, B ONNX Runtime (per image)", eager, onnx, torch.device("cpu"), repeats, n, n, "s/image"))
+    return rows
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -508,6 +536,7 @@ def main() -> None:
         compare("adapt step tiny b16: A all params, B class head only", train_fn(tiny, 16, device), train_fn(tiny, 16, device, params="class_head"), device, args.repeats, unit="s/step"),
         compare("inference tiny: A batch 1, B batch 32 (per image)", infer_fn(tiny, 1, device), infer_fn(tiny, 32, device), device, args.repeats, 1, 32, "s/image"),
         *pretrained_backbone_rows(device, args.repeats),
+        *export_rows(device, args.repeats),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         data = letters_dataset(Path(tmp))

@@ -13,8 +13,7 @@ import typer
 
 from fsx import __version__
 from fsx.errors import UsageError
-
-CONFIG_MODULE = "fsx.conf"
+from fsx.run.overrides import validate
 
 app = typer.Typer(
     name="fsx",
@@ -29,6 +28,7 @@ app = typer.Typer(
         "  fsx adapt checkpoint=runs:/<id> shots=5     # 5-way 5-shot on the novel letters\n"
         "  fsx eval checkpoint=latest eval.repeats=10 eval.milestones=[0,50,200]\n"
         "  fsx detect checkpoint=latest:adapt images=photos/   # boxes on your images, a browsable page\n"
+        "  fsx export checkpoint=latest:adapt export.format=onnx   # one ONNX file, checked against PyTorch\n"
         "  fsx loop checkpoint=latest experiment=loop_letters  # simulated annotate -> adapt -> evaluate loop\n"
         "  fsx pretrain -m backbone=tiny,resnet18 seed=0,1\n"
         "  fsx runs sweep                                # that sweep's jobs: status, time, errors\n\n"
@@ -66,140 +66,6 @@ def _fail(message: str, code: int = 2) -> None:
         traceback.print_exc()
     typer.echo(f"fsx: error: {message}", err=True)
     raise SystemExit(code)
-
-
-def _job_overrides(overrides: list[str]) -> list[list[str]]:
-    """Every job's override list, as Hydra's basic sweeper will make them (for validation)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [job for batch in batches for job in batch]
-
-
-def validate(verb: str, overrides: list[str], multirun: bool) -> int:
-    """Compose the config of every job before anything runs, so that an unknown key, group
-    option or value type exits 2 with one message instead of failing mid-sweep.
-    Returns the number of jobs (1 for a single run)."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        jobs = _job_overrides(overrides) if multirun else [overrides]
-    except OverrideParseException as e:
-        _fail(f"cannot parse the overrides {' '.join(overrides)}: {e}")
-    except Exception:  # noqa: BLE001 - sweeper-specific syntax (ranges, intervals): Hydra validates it
-        return 0
-    wrong: list[str] = []
-    checks: list = []
-    try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            from omegaconf import OmegaConf
-
-            groups = set(compose(config_name=verb, return_hydra_config=True).hydra.runtime.choices)
-            known = set(_known_keys(verb))
-            for job in jobs[:200]:
-                for appended in (o for o in job if o.startswith("+")):
-                    key = appended.lstrip("+").split("=", 1)[0].split("@", 1)[0]
-                    if key not in known:  # fsx would run with the key silently unread
-                        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {_unknown_key(key, verb, known)}")
-                cfg = compose(config_name=verb, overrides=list(job))
-                # resolve interpolations now: a bad ${...} is a usage error too
-                chosen = OmegaConf.to_container(cfg, resolve=True)
-                # a value must keep its default's type (train.steps=abc is not a step count)
-                selections = [o for o in job if o.split("=", 1)[0].split("@", 1)[0].lstrip("+~") in groups]
-                reference = OmegaConf.to_container(compose(config_name=verb, overrides=selections), resolve=True)
-                wrong += [w for w in _type_errors(reference, chosen) if w not in wrong]
-                if not wrong:
-                    checks.append(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        message = " ".join(" ".join(str(part).split()) for part in (e, e.__cause__ or "") if str(part).strip())
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            explained = _explain(message, verb)
-        _fail(f"bad configuration for `fsx {verb} {' '.join(overrides)}`: {explained}")
-    if wrong:
-        _fail(f"bad value for `fsx {verb} {' '.join(overrides)}`: {'; '.join(wrong)} (run `fsx {verb} --cfg job` to see every key)")
-    from fsx.run.checks import precheck
-
-    for cfg in checks:  # ranges and checkpoint references, before Hydra creates anything or torch is imported
-        precheck(verb, cfg)
-    return len(jobs)
-
-
-def _explain(message: str, verb: str) -> str:
-    """Hydra's message in fsx's words: for an unknown key the nearest keys fsx really reads
-    (never Hydra's advice to append it with `+`, which would train with the key ignored);
-    for an unknown group option the options; no search paths or OmegaConf internals."""
-    import difflib
-    import re
-
-    unknown = re.search(r"Could not (?:override|append to) '([^']+)'", message) or re.search(r"full_key: (\S+)", message)
-    if unknown and ("not in struct" in message or "Could not override" in message or "Could not append" in message):
-        return _unknown_key(unknown.group(1), verb, _known_keys(verb))
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'.*?Available options in '[^']+':(.*?)(?:Config search path|$)", message)
-    if missing:
-        group, option, options = missing.group(1), missing.group(2), missing.group(3).split()
-        near = difflib.get_close_matches(option, options, n=1, cutoff=0.5)
-        return f"{group}={option} does not exist; choose one of {', '.join(options)}" + (f" (did you mean {group}={near[0]}?)" if near else "")
-    message = re.sub(r"\s*Config search path:.*$", "", message)
-    return re.sub(r"\s*full_key: \S+( reference_type=\S+)? object_type=\S+", "", message)
-
-
-def _unknown_key(key: str, verb: str, known) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(near)}? " if near else ""
-    return f"fsx has no key {key}: {hint}(`fsx {verb} --cfg job` lists every key)"
-
-
-def _known_keys(verb: str) -> list[str]:
-    """Every dotted key of the verb's default config, and its group names."""
-    from hydra import compose
-    from omegaconf import OmegaConf
-
-    cfg = compose(config_name=verb, return_hydra_config=True)
-    groups = [g for g in cfg.hydra.runtime.choices if not g.startswith("hydra")]
-    tree = OmegaConf.to_container(cfg, resolve=False)
-    tree.pop("hydra", None)
-
-    def walk(node, prefix: str = "") -> list[str]:
-        keys = []
-        for key, value in node.items():
-            keys.append(prefix + str(key))
-            if isinstance(value, dict):
-                keys += walk(value, f"{prefix}{key}.")
-        return keys
-
-    return groups + walk(tree)
-
-
-_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (list, "a list"), (dict, "a mapping"))
-
-
-# keys that take a number or a mapping (checked by their verb: fsx.run.checks)
-_NUMBER_OR_MAPPING = ("loop.steps",)
-
-
-def _type_errors(reference: dict, chosen: dict, prefix: str = "") -> list[str]:
-    """Keys whose chosen value has another type than their default (null is not checked)."""
-    errors: list[str] = []
-    for key, default in reference.items():
-        value, name = chosen.get(key), f"{prefix}{key}"
-        if default is None or value is None or name in _NUMBER_OR_MAPPING:
-            continue
-        if isinstance(default, dict) and isinstance(value, dict):
-            errors += _type_errors(default, value, name + ".")
-            continue
-        for kind, words in _KINDS:
-            if isinstance(default, kind):
-                fits = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
-                if not fits:
-                    errors.append(f"{name}={value!r} should be {words} (default {default!r})")
-                break
-    return errors
 
 
 def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> None:
@@ -249,7 +115,9 @@ def run_verb(verb: str, args: list[str], multirun: bool, runner: Callable) -> No
                 if action == "resume":
                     cfg.resume = f"runs:/{run_id}"
                     typer.echo(f"fsx: resuming the interrupted run {run_id}")
-            return runner(cfg)
+            result = runner(cfg)
+            # what Hydra's sweepers optimise (eval: eval.objective; pretrain: validation AP50)
+            return result.get("objective") if isinstance(result, dict) else result
         except UsageError as e:
             if not multirun:
                 _fail(str(e), e.exit_code)
@@ -288,10 +156,12 @@ def _finish_multirun() -> None:
     finished = finish_sweep()
     if finished is None:
         return
-    parent, children, failed, skipped = finished
+    parent, children, failed, skipped, best = finished
     ok = sum(c["status"] == "FINISHED" for c in children)
     skip = f"; {len(skipped)} more skipped (already finished)" if skipped else ""
     typer.echo(f"\nmultirun: MLflow parent run {parent}: {ok} of {max(len(children), ok + len(failed))} jobs finished{skip}")
+    if best:
+        typer.echo(f"best trial: {best['overrides']} -> {best['value']}" + (f" (run {best['run']})" if best["run"] else ""))
     for line in failed:
         typer.echo(f"  failed: {line}", err=True)
     if failed:
@@ -306,7 +176,9 @@ def _runner(verb: str) -> Callable:
     from fsx.engine.interrupt import install
 
     install()  # in this job's process too (a joblib worker is not the main process)
-    module, function = {"pretrain": ("pretrain", "pretrain"), "adapt": ("adapt", "adapt"), "eval": ("eval", "evaluate"), "detect": ("detect", "detect"), "acquire": ("acquire", "acquire"), "loop": ("loop", "loop")}[verb]
+    from fsx.api import VERBS
+
+    module, function = VERBS[verb]
     runner = getattr(importlib.import_module(f"fsx.run.{module}"), function)
     from fsx.engine.device import flush_denormals
 
@@ -399,6 +271,18 @@ _verb(
     "the images rendered.",
 )
 
+_verb(
+    "export",
+    "Write a checkpoint (pretrained, adapted, meta-learned, TFA) as one deployable file: "
+    "export.format=onnx (run with onnxruntime) | torchscript (torch.jit.load). The whole detector: one RGB "
+    "image float [3, H, W] in [0, 1] of any size in; boxes (x1, y1, x2, y2 in its pixels), scores and 0-based "
+    "labels out; resize, normalisation, decoding and NMS inside; the class names in the file's metadata. "
+    "Checked before it gets its name: run back on export.check_images (8) of the checkpoint's test-test "
+    "images (or export.images=<folder>) next to the PyTorch model, every detection clearly above the cut-offs "
+    "must match in label, box (0.1 px) and score (0.001); a file that disagrees is kept as "
+    "<name>.disagrees.<suffix> and the command exits 1. Writes export.out (default: model.onnx in the Hydra run "
+    "dir), logs it to MLflow under export/ with its sha256. fsx detect checkpoint=<model.onnx> runs it.",
+)
 _verb(
     "acquire",
     "Choose the next images to annotate: the task's support (ways, shots, task_seed, sampler: as fsx adapt "

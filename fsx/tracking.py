@@ -309,7 +309,14 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list[dict]:
         order_by=["attributes.start_time ASC"],
         max_results=10000,
     )
-    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "error": r.data.tags.get("fsx.error")} for r in runs]
+    return [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "error": r.data.tags.get("fsx.error"), "params": dict(r.data.params)} for r in runs]
+
+
+def set_run_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Tag a run that is not this process's open run (a sweep's parent, after its jobs)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
 
 
 def finish_parent_run(tracking_uri: str, parent_run_id: str, failed: bool = False) -> list[dict]:

@@ -148,6 +148,21 @@ def checked(split: Split, source: CocoSet, novel_ids: set[int]) -> Split:
     return split
 
 
+def validation_split(split: Split, val_images: int, seed: int) -> Split:
+    """Tasks for tuning that never touch the novel classes: the base-class images pretraining
+    held out (`hold_out(split.train, val_images, seed)`, the same ones), halved into a shot
+    pool and a scored set, with the base classes as the tasks' classes."""
+    _, held = hold_out(split.train, val_images, seed)
+    if not len(held):
+        raise UsageError(
+            f"eval.tasks=validation draws tasks from the base-class images pretraining held out, and this checkpoint's pretraining "
+            f"held out none (train.val_images={val_images} on {len(split.train)} training images): pretrain with train.val_images > 0"
+        )
+    adapt_ids, test_ids = halves(held.image_ids, seed)
+    fold = Fold(split.fold.dataset, split.fold.index, (), split.fold.base)
+    return Split(fold, seed, held.restrict([]), held.restrict(adapt_ids), held.restrict(test_ids), rule=f"validation: the {len(held)} held-out base-class images of pretraining, 50/50")
+
+
 def hold_out(source: CocoSet, count: int, seed: int) -> tuple[CocoSet, CocoSet]:
     """(the rest, up to `count` randomly chosen images): a base-class validation set carved
     from the training split, so that pretraining can report base AP on images it never saw.

@@ -70,4 +70,4 @@ def adapt(cfg) -> dict:
         f"adapted to {', '.join(task.class_names)} ({task.shots}-shot, {len(task.support)} images, task_seed {task.seed}): "
         f"{result.steps_run} steps in {seconds:.0f}s{stopped}{scored}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
     )
-    return {"run_id": run.id, "metrics": metrics, "steps_run": result.steps_run}
+    return {"run_id": run.id, "metrics": metrics, "steps_run": result.steps_run, "checkpoint": f"runs:/{run.id}/checkpoints/model.pt", "objective": metrics.get("AP50") if metrics else None}

@@ -73,12 +73,38 @@ def milestones(cfg) -> list[int]:
     return steps
 
 
+TASK_POOLS = ("test", "validation")
+
+
+def objective_milestone(cfg) -> tuple[str, int | None]:
+    """eval.objective as (metric, milestone): `AP50@last` is AP50 at the last milestone;
+    `AP50@best` (milestone None) the best of the milestones, so one adaptation run tunes the
+    step count too."""
+    from fsx.evaluation.coco_metrics import OPTIONAL_STATS, SUMMARY_STATS
+
+    text = str(cfg.eval.objective)
+    metric, at, step = text.partition("@")
+    steps = milestones(cfg)
+    if not at or metric not in SUMMARY_STATS + OPTIONAL_STATS:
+        raise UsageError(f"eval.objective={text}: write <metric>@<milestone>, e.g. AP50@last, AP50@best or AP@100; metrics: {', '.join(SUMMARY_STATS + OPTIONAL_STATS)}")
+    if step == "last":
+        return metric, steps[-1]
+    if step == "best":
+        return metric, None
+    if not step.isdigit() or int(step) not in steps:
+        raise UsageError(f"eval.objective={text}: the milestone must be one of eval.milestones {steps}, `last` or `best`")
+    return metric, int(step)
+
+
 def check_eval(cfg) -> None:
     check_adapt(cfg)
     for key in ("repeats", "batch_size"):
         if cfg.eval[key] < 1:
             raise UsageError(f"eval.{key}={cfg.eval[key]} must be at least 1")
     milestones(cfg)
+    if cfg.eval.tasks not in TASK_POOLS:
+        raise UsageError(f"eval.tasks={cfg.eval.tasks}: choose test (the novel classes' test tasks) or validation (base-class tasks on the pretraining's held-out images, for tuning)")
+    objective_milestone(cfg)
 
 
 def check_checkpoint(cfg) -> None:
@@ -215,3 +241,5 @@ def precheck(verb: str, cfg) -> None:
         check_acquire(cfg)
     elif verb == "loop":
         check_loop(cfg)
+    elif verb == "export":
+        check_checkpoint(cfg)

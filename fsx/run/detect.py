@@ -120,9 +120,13 @@ def detect(cfg) -> dict:
     out = Path(str(d.out)).expanduser() if d.out else output_dir()
     listing = list_images(str(d.images), d.image_root, exclude=out)
     path, run_id = _checkpoint(cfg)
-    payload = read_checkpoint(path)
-    model = load_model(payload)
-    outputs = num_classes(model)
+    if Path(path).suffix in EXPORTED:  # an fsx export: onnxruntime or torch.jit runs it
+        payload, model = exported_model(Path(path))
+        outputs = len(payload["classes"])
+    else:
+        payload = read_checkpoint(path)
+        model = load_model(payload)
+        outputs = num_classes(model)
     classes = list(payload["classes"])
     if outputs != len(classes):
         print(f"note: the checkpoint's head has {outputs} outputs for {len(classes)} listed classes; labels beyond the list are named 'label <i>'", file=sys.stderr)
@@ -242,6 +246,24 @@ def detect(cfg) -> dict:
         print(f"{others} detections of classes the ground truth does not have are in the page, the table and the PNGs, not in detections.json")
     print(f"MLflow run: {run.id}")
     return {"run_id": run.id, "out": out, "rows": rows, "results": written, "skipped": skipped, "metrics": metrics, "scores": scores}
+
+
+EXPORTED = (".onnx", ".torchscript")
+
+
+def exported_model(path: Path):
+    """A file `fsx export` wrote, as the model `predict` runs and the checkpoint fields detect
+    reads (the class names, the model spec and the training dataset from its metadata)."""
+    from fsx.models.export import ExportedModel, load_exported
+
+    try:
+        runner = load_exported(path)
+    except Exception as e:  # noqa: BLE001 - onnxruntime and torch.jit raise many kinds
+        raise UsageError(f"checkpoint={path}: not a file onnxruntime or torch.jit can load ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+    meta = runner.metadata
+    if not meta.get("classes"):
+        raise UsageError(f"checkpoint={path} carries no fsx metadata (class names): write it with fsx export")
+    return {"classes": meta["classes"], "model_spec": meta["model_spec"], "config": meta.get("config") or {}}, ExportedModel(runner)
 
 
 def _checkpoint(cfg) -> tuple[Path, str | None]:

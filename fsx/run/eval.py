@@ -20,11 +20,12 @@ from pathlib import Path
 from fsx.data.coco import DetectionDataset
 from fsx.engine.device import loader_workers, resolve_device, seed_everything
 from fsx.engine.finetune import adapt as fine_tune
+from fsx.errors import UsageError
 from fsx.evaluation.aggregate import adaptation_speed, cumulative, summarize
 from fsx.evaluation.coco_metrics import OPTIONAL_STATS, SUMMARY_STATS
 from fsx.evaluation.plots import curve_png, pr_csv, pr_png, repeats_png
 from fsx.progress import progress
-from fsx.run.checks import check_eval
+from fsx.run.checks import check_eval, objective_milestone
 from fsx.run.checks import milestones as checked_milestones
 from fsx.run.fewshot import (
     adapt_tags,
@@ -38,7 +39,7 @@ from fsx.run.fewshot import (
     score,
     task_options,
 )
-from fsx.run.wiring import adapt_classifier, adapt_settings, recorded_run
+from fsx.run.wiring import adapt_classifier, adapt_settings, explicit_keys, recorded_run
 
 TABLE_METRICS = ("AP50", "AP", "AP75", "vocAP50")
 
@@ -49,9 +50,14 @@ def evaluate(cfg) -> dict:
         from fsx.run.external import score_file
 
         return score_file(cfg)
+    if "adapt.steps" in explicit_keys():  # it would be ignored: say so instead
+        raise UsageError(
+            f"adapt.steps is fsx adapt's budget; fsx eval adapts up to the last of eval.milestones (now {list(cfg.eval.milestones)}): "
+            "set eval.milestones=[...,N] instead (and eval.objective=AP50@best to tune the step count in a sweep)"
+        )
     device = resolve_device(cfg.device)
     workers = loader_workers(cfg.get("workers", "auto"), device)
-    source = load_source(cfg)
+    source = task_pool(cfg, load_source(cfg))
     milestones = checked_milestones(cfg)
     settings = adapt_settings(cfg, source.payload)
     classifier = adapt_classifier(cfg, source.payload)
@@ -63,7 +69,7 @@ def evaluate(cfg) -> dict:
     tasks = [first] + [sample_task(source.split, int(cfg.ways), int(cfg.shots), int(cfg.task_seed) + r - 1, **task_options(cfg)) for r in range(2, repeats + 1)]
     if direct:
         milestones = [0]
-    tags = {**source.tags(), **adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", **({"fsx.source_run": source.run_id} if source.run_id else {})}
+    tags = {**source.tags(), **adapt_tags(settings), **init_tags(cfg), "fsx.checkpoint": source.reference, "fsx.eval_mode": "direct" if direct else "adapt", "fsx.task_pool": str(cfg.eval.tasks), **({"fsx.source_run": source.run_id} if source.run_id else {})}
     name = f"eval {len(first.class_ids)}-way {cfg.shots}-shot x{repeats} {source.dataset['name']}/{source.dataset['fold']}"
     rows: list[dict] = []
     manifests: list[dict] = []
@@ -101,6 +107,9 @@ def evaluate(cfg) -> dict:
         table = aggregate(rows, milestones)
         for step, stats in table.items():
             run.log_metrics(stats, step=step)
+        objective, at = objective_value(cfg, table)
+        run.set_tags({"fsx.objective": str(cfg.eval.objective), "fsx.objective_milestone": str(at)})
+        run.log_metrics({"objective": objective})
         last = [row["AP50"] for row in sorted(rows, key=lambda row: row["repeat"]) if row["milestone"] == milestones[-1]]
         running = cumulative(last)
         for k, stats in enumerate(running, start=1):
@@ -129,7 +138,31 @@ def evaluate(cfg) -> dict:
         reach = ", ".join(f"{k[len('steps_to_'):-3]}% by step {v:.0f}" for k, v in speed.items() if k.startswith("steps_to_") and v == v)
         print(f"AP50 speed: mean level over steps 0-{milestones[-1]} {speed['auc']:.3f}" + (f"; reaches of its step-{milestones[-1]} value {reach}" if reach else ""))
     print(f"MLflow run: {run.id}")
-    return {"run_id": run.id, "table": table, "rows": rows}
+    return {"run_id": run.id, "table": table, "rows": rows, "objective": objective}
+
+
+def objective_value(cfg, table: dict[int, dict[str, float]]) -> tuple[float, int]:
+    """What eval returns to a sweeper, and the milestone it was read at (eval.objective)."""
+    metric, at = objective_milestone(cfg)
+    if at is None:  # best: the milestone where the mean is highest (the earliest of ties)
+        at = max(table, key=lambda m: (table[m].get(metric, float("-inf")), -m))
+    elif at not in table:  # an adapted checkpoint scored directly has milestone 0 only
+        at = max(table)
+    return table[at].get(metric, float("nan")), at
+
+
+def task_pool(cfg, source):
+    """The source whose split the tasks come from: the benchmark's (eval.tasks=test) or, for
+    tuning, base-class tasks on the images its pretraining held out (eval.tasks=validation)."""
+    if cfg.eval.tasks != "validation":
+        return source
+    import dataclasses
+
+    from fsx.data.folds import validation_split
+
+    config = source.payload.get("config") or {}
+    val_images = int((config.get("train") or {}).get("val_images", cfg.train.val_images))
+    return dataclasses.replace(source, split=validation_split(source.split, val_images, int(source.dataset["split_seed"])))
 
 
 def aggregate(rows: list[dict], milestones: list[int]) -> dict[int, dict[str, float]]:
@@ -156,7 +189,7 @@ def _fmt(mean: float, ci: float) -> str:
 
 def format_table(table: dict[int, dict[str, float]], repeats: int, task, cfg, direct: bool) -> str:
     head = (
-        f"\n{len(task.class_ids)}-way {cfg.shots}-shot on test-test ({', '.join(task.class_names)}), "
+        f"\n{len(task.class_ids)}-way {cfg.shots}-shot on {'validation tasks: base classes on held-out images' if cfg.eval.tasks == 'validation' else 'test-test'} ({', '.join(task.class_names)}), "
         + ("adapted checkpoint scored directly" if direct else f"mean ± 95% CI over {repeats} tasks")
     )
     shown = TABLE_METRICS + tuple(m for m in ("bAP50", "nAP50", "APr", "APc", "APf") if m in next(iter(table.values()), {}))

@@ -260,4 +260,5 @@ def train_here(cfg, device: torch.device) -> dict:
         f"({len(names)} base classes, {len(train_set)} images): {last} steps in {seconds:.0f}s on {device}, "
         f"final loss {final_loss:.3f}{scored}\ncheckpoint: runs:/{run.id}/checkpoints/model.pt"
     )
-    return {"run_id": run.id, "steps": last, "final_loss": final_loss, "val": val}
+    # what a sweeper optimises: base AP50 on the held-out images (None where none were scored)
+    return {"run_id": run.id, "steps": last, "final_loss": final_loss, "val": val, "checkpoint": f"runs:/{run.id}/checkpoints/model.pt", "objective": val.get("AP50")}

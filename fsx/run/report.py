@@ -99,8 +99,16 @@ def _labels(run: dict, tasks: list[dict]) -> dict[str, str]:
 
 
 def check_protocols(found: list[dict], selection: str) -> None:
-    """A report never mixes runs whose weights saw boxes of the novel classes (allowed with
+    """A report never mixes runs scored on validation tasks with runs scored on the test
+    tasks, nor runs whose weights saw boxes of the novel classes (allowed with
     allow_seen_classes=true) with clean ones: their numbers answer different questions."""
+    validation = [r["id"] for r in found if r["tags"].get("fsx.task_pool") == "validation"]
+    if validation and len(validation) < len(found):
+        raise UsageError(
+            f"{selection} mixes {len(validation)} run(s) scored on validation tasks (fsx.task_pool=validation, e.g. {validation[0]}: base classes, "
+            f"for tuning) with {len(found) - len(validation)} scored on the test tasks; report them apart: "
+            "--filter \"tags.`fsx.task_pool` = 'validation'\" or --filter \"tags.`fsx.task_pool` != 'validation'\""
+        )
     seen = [r["id"] for r in found if r["tags"].get("fsx.protocol") == "seen_classes"]
     if seen and len(seen) < len(found):
         raise UsageError(

@@ -147,16 +147,48 @@ def record_skip(message: str) -> None:
         f.write(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {message}\n")
 
 
-def finish_sweep() -> tuple[str, list[dict], list[str], list[str]] | None:
-    """End the parent run of this process's sweep (once); (parent id, children, failures, skipped jobs)."""
+OPTUNA_RESULTS = "optimization_results.yaml"  # where Hydra's Optuna sweeper writes its best trial
+
+
+def best_trial(sweep_dir: Path, children: list[dict]) -> dict | None:
+    """An Optuna sweep's best trial: {overrides, value, run} (the child run whose params hold
+    the best parameters), or None for a sweep without an optimiser."""
+    path = sweep_dir / OPTUNA_RESULTS
+    if not path.is_file():
+        return None
+    import yaml
+
+    results = yaml.safe_load(path.read_text()) or {}
+    params = results.get("best_params") or {}
+    if not params:
+        return None
+
+    def same(stored: str | None, wanted) -> bool:
+        if stored is None:
+            return False
+        try:
+            return abs(float(stored) - float(wanted)) <= 1e-9 * max(1.0, abs(float(wanted)))
+        except (TypeError, ValueError):
+            return str(stored) == str(wanted)
+
+    run = next((c["id"] for c in children if c["status"] == "FINISHED" and all(same(c.get("params", {}).get(k), v) for k, v in params.items())), None)
+    return {"overrides": " ".join(f"{k}={v}" for k, v in params.items()), "value": results.get("best_value"), "run": run}
+
+
+def finish_sweep() -> tuple[str, list[dict], list[str], list[str], dict | None] | None:
+    """End the parent run of this process's sweep (once); (parent id, children, failures,
+    skipped jobs, the best trial of an Optuna sweep, which is tagged on the parent)."""
     if not LAST_SWEEP.get("parent"):
         return None
     parent, uri, sweep_dir = LAST_SWEEP["parent"], LAST_SWEEP["tracking_uri"], Path(LAST_SWEEP["sweep_dir"])
     failed, skipped = failures(sweep_dir), failures(sweep_dir, SKIPPED_FILE)
     children = tracking.finish_parent_run(uri, parent, failed=bool(failed))
+    best = best_trial(sweep_dir, children)
+    if best:
+        tracking.set_run_tags(uri, parent, {"fsx.best_overrides": best["overrides"], "fsx.best_value": best["value"], **({"fsx.best_run": best["run"]} if best["run"] else {})})
     LAST_SWEEP.clear()
     os.environ.pop(PARENT_RUN_ENV, None)
-    return parent, children, failed, skipped
+    return parent, children, failed, skipped, best
 
 
 class ParentRunCallback(Callback):
