@@ -34,6 +34,8 @@ def settings(uri: str, experiment: str, label: Callable[[dict, dict], str | None
     query = "tags.`fsx.command` = 'eval' and attributes.status = 'FINISHED'" + (f" and {where}" if where else "")
     out: dict[str, Setting] = {}
     for run in tracking.search_runs(uri, experiment, query):  # oldest first: a rerun replaces its setting
+        if run["tags"].get("fsx.multirun") == "parent":  # a sweep's parent run scored nothing itself
+            continue
         source = run["tags"].get("fsx.source_run", "")
         record = tracking.run_record(uri, source) if source else {"params": {}, "metrics": {}, "tags": {}}
         name = label(run["tags"], record)

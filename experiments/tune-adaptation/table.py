@@ -40,9 +40,9 @@ def main() -> None:
             return None  # a trial, not a final evaluation
         overrides = tags.get("fsx.overrides", "")
         fresh = "task_seed=101" in overrides
-        for pool, best in chosen.items():
-            if all(o in overrides.split() for o in best["overrides"].split()):
-                return f"{pool} choice ({best['overrides']})" + (", fresh test tasks 101-110" if fresh else "")
+        pools = [pool for pool, best in chosen.items() if all(o in overrides.split() for o in best["overrides"].split())]
+        if pools:  # both sweeps try the same settings (the sampler's seed); they may choose the same
+            return f"{' and '.join(pools)} choice ({chosen[pools[0]]['overrides']})" + (", fresh test tasks 101-110" if fresh else "")
         return None if fresh else "defaults (adapt.lr=0.001 adapt.params=all)"
 
     rows = tables.settings(args.uri, args.experiment, label)
@@ -53,7 +53,7 @@ def main() -> None:
         print(f"| {pool} tasks | {best['trials']} | {best['overrides']} | {best['step']} | {best['value']:.3f} |")
     print("\nscored on the test tasks (novel AP50, mean ± 95% CI over 10 tasks):\n")
     tables.print_means(rows, "AP50")
-    honest = [n for n in rows if n.startswith("validation choice") and "fresh" not in n]
+    honest = [n for n in rows if n.startswith("validation") and "fresh" not in n]
     if honest:
         from fsx.evaluation.aggregate import summarize
 
