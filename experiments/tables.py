@@ -10,6 +10,7 @@ tasks, and the curves as a picture. Every number comes from the store; none is t
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import io
@@ -18,6 +19,17 @@ from typing import Callable
 from fsx import tracking
 from fsx.evaluation.aggregate import paired_difference, summarize
 from fsx.evaluation.plots import curve_png
+
+
+def arguments(doc: str, experiment: str | None = None) -> argparse.Namespace:
+    """A study table's command line: --uri, --experiment (required without a default),
+    --metric and --plot."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default=experiment, required=experiment is None)
+    parser.add_argument("--metric", default="AP50")
+    parser.add_argument("--plot", help="also draw the curves with their 95%% CI bands into this PNG")
+    return parser.parse_args()
 
 
 @dataclasses.dataclass

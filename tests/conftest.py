@@ -21,6 +21,20 @@ def letters_source(tmp_path_factory) -> Path:
     return letters_cache(SMALL_LETTERS, tmp_path_factory.getbasetemp() / "letters-cache", show_progress=False)
 
 
+@pytest.fixture(scope="module")
+def letters_data(letters_source):
+    """Letters fold 1's base-class training data, as pretraining gets it (PretrainData)."""
+    from fsx.algorithms import PretrainData
+    from fsx.data.coco import CocoSet, DetectionDataset
+    from fsx.data.folds import letters_fold, split_by_fold
+
+    source = CocoSet.load(letters_source / "annotations.json", letters_source)
+    split = split_by_fold(source, letters_fold(1), 0)
+    names = list(split.fold.base)
+    ids = [split.train.category_id(n) for n in names]
+    return PretrainData(split.train, ids, names, DetectionDataset(split.train, ids))
+
+
 @pytest.fixture()
 def one_thread():
     """On a loaded 2-core machine intra-op threads spin against each other; one is faster."""

@@ -15,8 +15,6 @@ from fsx.algorithms import ALGORITHMS, PretrainData, build_algorithm
 from fsx.algorithms.episodes import Episode, EpisodeSampler
 from fsx.algorithms.maml import MAML, rate_shape
 from fsx.algorithms.reptile import Reptile
-from fsx.data.coco import CocoSet, DetectionDataset
-from fsx.data.folds import letters_fold, split_by_fold
 from fsx.engine.finetune import AdaptSettings, LearnedRateSGD, adapt
 from fsx.engine.loop import infinite_batches
 from fsx.errors import UsageError
@@ -189,15 +187,6 @@ def test_bad_hyperparameters_are_usage_errors():
 
 
 # --- on letters, with real detectors -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def letters_data(letters_source) -> PretrainData:
-    source = CocoSet.load(letters_source / "annotations.json", letters_source)
-    split = split_by_fold(source, letters_fold(1), 0)
-    names = list(split.fold.base)
-    ids = [split.train.category_id(n) for n in names]
-    return PretrainData(split.train, ids, names, DetectionDataset(split.train, ids))
 
 
 DETECTORS = {

@@ -13,10 +13,8 @@ import torch
 from omegaconf import OmegaConf
 from test_algorithms import SETTINGS, small_model
 
-from fsx.algorithms import PretrainData, build_algorithm
+from fsx.algorithms import build_algorithm
 from fsx.algorithms.episodes import EpisodeSampler
-from fsx.data.coco import CocoSet, DetectionDataset
-from fsx.data.folds import letters_fold, split_by_fold
 from fsx.engine.finetune import AdaptSettings
 from fsx.errors import UsageError
 from fsx.models.heads import _class_rows, num_classes, only_class_rows, reset_class_head
@@ -27,15 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 FAMILIES = ("retinanet", "fcos", "fasterrcnn", "ssd")
 ROWS = [5, 1, 6]
-
-
-@pytest.fixture(scope="module")
-def letters_data(letters_source) -> PretrainData:
-    source = CocoSet.load(letters_source / "annotations.json", letters_source)
-    split = split_by_fold(source, letters_fold(1), 0)
-    names = list(split.fold.base)
-    ids = [split.train.category_id(n) for n in names]
-    return PretrainData(split.train, ids, names, DetectionDataset(split.train, ids))
 
 
 def batch():

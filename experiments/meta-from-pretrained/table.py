@@ -8,7 +8,6 @@ differences on the same tasks to standard pretraining with the most passes.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,12 +27,7 @@ def passes(setting: tables.Setting) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--experiment", required=True, help="meta-letters, meta-budget or meta-photos (the part's run-*.sh writes it)")
-    parser.add_argument("--metric", default="AP50")
-    parser.add_argument("--plot", help="also draw the curves with their 95%% CI bands into this PNG")
-    args = parser.parse_args()
+    args = tables.arguments(__doc__)
     rows = tables.settings(args.uri, args.experiment, label, args.metric)
     if not rows:
         sys.exit(f"no finished eval runs in experiment {args.experiment} at {args.uri}")

@@ -9,7 +9,6 @@ the same tasks.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,12 +28,7 @@ def pretraining(setting: tables.Setting) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--experiment", default="photos-pretrained")
-    parser.add_argument("--metric", default="AP50")
-    parser.add_argument("--plot", help="also draw the curves with their 95%% CI bands into this PNG")
-    args = parser.parse_args()
+    args = tables.arguments(__doc__, "photos-pretrained")
     rows = tables.settings(args.uri, args.experiment, label, args.metric)
     # the FCOS rows first, the ImageNet ones first among them
     rows = dict(sorted(rows.items(), key=lambda kv: ("fasterrcnn" in kv[0], kv[1].eval_run["tags"].get("fsx.weights") != "imagenet", kv[0])))

@@ -98,24 +98,24 @@ def _labels(run: dict, tasks: list[dict]) -> dict[str, str]:
     }
 
 
+# (tag, value, the runs that have it, the others): never in one report
+KEPT_APART = (
+    ("fsx.task_pool", "validation", "scored on validation tasks (base classes, for tuning)", "scored on the test tasks"),
+    ("fsx.protocol", "seen_classes", "whose weights saw boxes of their novel classes", "clean one(s)"),
+)
+
+
 def check_protocols(found: list[dict], selection: str) -> None:
     """A report never mixes runs scored on validation tasks with runs scored on the test
     tasks, nor runs whose weights saw boxes of the novel classes (allowed with
     allow_seen_classes=true) with clean ones: their numbers answer different questions."""
-    validation = [r["id"] for r in found if r["tags"].get("fsx.task_pool") == "validation"]
-    if validation and len(validation) < len(found):
-        raise UsageError(
-            f"{selection} mixes {len(validation)} run(s) scored on validation tasks (fsx.task_pool=validation, e.g. {validation[0]}: base classes, "
-            f"for tuning) with {len(found) - len(validation)} scored on the test tasks; report them apart: "
-            "--filter \"tags.`fsx.task_pool` = 'validation'\" or --filter \"tags.`fsx.task_pool` != 'validation'\""
-        )
-    seen = [r["id"] for r in found if r["tags"].get("fsx.protocol") == "seen_classes"]
-    if seen and len(seen) < len(found):
-        raise UsageError(
-            f"{selection} mixes {len(seen)} run(s) whose weights saw boxes of their novel classes (fsx.protocol=seen_classes, "
-            f"e.g. {seen[0]}) with {len(found) - len(seen)} clean one(s); report them apart: "
-            "--filter \"tags.`fsx.protocol` = 'seen_classes'\" or --filter \"tags.`fsx.protocol` != 'seen_classes'\""
-        )
+    for tag, value, these, those in KEPT_APART:
+        odd = [r["id"] for r in found if r["tags"].get(tag) == value]
+        if odd and len(odd) < len(found):
+            raise UsageError(
+                f"{selection} mixes {len(odd)} run(s) {these} ({tag}={value}, e.g. {odd[0]}) with {len(found) - len(odd)} {those}; report them apart: "
+                f"--filter \"tags.`{tag}` = '{value}'\" or --filter \"tags.`{tag}` != '{value}'\""
+            )
 
 
 def run_report(
