@@ -218,6 +218,8 @@ _verb(
     "            anil      MAML whose inner loop adapts only the detection head\n"
     "            tfa       TFA stage 1 (Faster R-CNN, SGD, LR scaled to the batch); adapt/eval then\n"
     "                      run stage 2: a fresh cosine box predictor trained alone (adapt.recipe)\n"
+    "            Meta-learners: algorithm.head=shuffled (M task slots, classes shuffled per task) | fixed (one\n"
+    "            row per base class, each task its rows); their checkpoints adapt as meta-trained (adapt.recipe)\n"
     "detector=   fcos (default) | retinanet | fasterrcnn | ssd\n"
     "backbone=   tiny (default) | resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v3 | vgg16 (SSD300's)\n"
     "            | efficientnet_lite0 | timm (backbone.model=<any timm model>); fsx models lists them.\n"
@@ -254,7 +256,11 @@ _verb(
     "same tasks for every checkpoint), adapt from the checkpoint as `fsx adapt` does and score all of "
     "test-test with COCOeval after each of eval.milestones adaptation steps; logs every repeat and the "
     "mean, std and 95% CI, and prints a table. Needs checkpoint=runs:/<id> | latest | "
-    "latest:pretrain:<algorithm> | <file.pt>.",
+    "latest:pretrain:<algorithm> | <file.pt>. A checkpoint adapts with the recipe it carries (TFA's stage 2, "
+    "a meta-learner's inner optimiser; adapt.recipe=none: the common one). eval.tasks=validation draws "
+    "base-class tasks from the pretraining's held-out images instead, for tuning; eval.objective "
+    "(AP50@last | AP50@best | AP@<step>) is what eval returns to a sweeper: "
+    "fsx eval -m hydra/sweeper=tune eval.tasks=validation 'adapt.lr=tag(log, interval(1e-4, 1e-2))'.",
 )
 _verb(
     "detect",
