@@ -330,7 +330,7 @@ def export_rows(device, repeats: int) -> list[dict]:
     """Exported ONNX (onnxruntime, CPU) against PyTorch eager inference, per image at batch 1
     and 8 (the exported graph takes one image per call: 8 calls), for the tiny FCOS at 128 px
     and FCOS on EfficientNet-Lite0 at 320 px (random weights: the cost is the same)."""
-    from fsx.models.export import export_onnx, load_exported
+    from fsx.models.export import export_file, load_exported
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,7 +338,7 @@ def export_rows(device, repeats: int) -> list[dict]:
             model = build_detector(spec(backbone, size=size)).eval()
             images, _ = batch(8, torch.device("cpu"), size)
             path = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, images[0], path, {})
+            export_file(model, "onnx", images[0], path, {})
             session = load_exported(path)
             for n in (1, 8):
 
