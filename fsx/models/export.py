@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
+EXPORTED_SUFFIXES = tuple(FORMATS.values())
 METADATA_KEY = "fsx"  # ONNX metadata_props key / TorchScript extra file "fsx.json": classes, spec, source
 ONNX_OPSET = 17
 

@@ -42,6 +42,7 @@ from fsx.engine.checkpoint import load_model, read_checkpoint
 from fsx.engine.device import resolve_device
 from fsx.errors import UsageError
 from fsx.evaluation.detections_page import PAGE_DETECTION_CARDS, PALETTE, page_html, page_image, render
+from fsx.models.export import EXPORTED_SUFFIXES
 from fsx.models.heads import num_classes
 from fsx.progress import progress
 from fsx.run.checks import check_detect
@@ -120,7 +121,7 @@ def detect(cfg) -> dict:
     out = Path(str(d.out)).expanduser() if d.out else output_dir()
     listing = list_images(str(d.images), d.image_root, exclude=out)
     path, run_id = _checkpoint(cfg)
-    if Path(path).suffix in EXPORTED:  # an fsx export: onnxruntime or torch.jit runs it
+    if Path(path).suffix in EXPORTED_SUFFIXES:  # an fsx export: onnxruntime or torch.jit runs it
         payload, model = exported_model(Path(path))
         outputs = len(payload["classes"])
     else:
@@ -248,7 +249,6 @@ def detect(cfg) -> dict:
     return {"run_id": run.id, "out": out, "rows": rows, "results": written, "skipped": skipped, "metrics": metrics, "scores": scores}
 
 
-EXPORTED = (".onnx", ".torchscript")
 
 
 def exported_model(path: Path):

@@ -18,7 +18,7 @@ import torch
 from fsx import tracking
 from fsx.engine.checkpoint import load_model, read_checkpoint
 from fsx.errors import UsageError
-from fsx.models.export import FORMATS, agreement, export_file, load_exported
+from fsx.models.export import EXPORTED_SUFFIXES, FORMATS, agreement, export_file, load_exported
 from fsx.run.wiring import benchmark_split, dataset_for_checkpoint, output_dir, plain, recorded_run
 
 
@@ -63,7 +63,7 @@ def export(cfg) -> dict:
     if fmt not in FORMATS:
         raise UsageError(f"export.format={fmt}: choose one of {', '.join(FORMATS)}")
     path, run_id = tracking.resolve_checkpoint(cfg.checkpoint, cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
-    if Path(path).suffix in FORMATS.values():
+    if Path(path).suffix in EXPORTED_SUFFIXES:
         raise UsageError(f"checkpoint={cfg.checkpoint} is already an exported file; export an fsx checkpoint (.pt, runs:/<id>)")
     payload = read_checkpoint(path)
     model = load_model(payload).eval()
