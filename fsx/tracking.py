@@ -8,7 +8,6 @@ checkpoint reference (`runs:/<id>[/path]`, `latest`, or a file) becomes a local 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from fsx.errors import UsageError
+from fsx.locking import file_lock
 
 CHECKPOINT_ARTIFACT = "checkpoints/model.pt"
 
@@ -119,11 +119,8 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    from filelock import FileLock
-
-    database = os.path.abspath(tracking_uri[len("sqlite:///") :])
-    name = hashlib.sha256(database.encode()).hexdigest()[:16]
-    with FileLock(os.path.join(tempfile.gettempdir(), f"fsx-mlflow-{name}.lock")):
+    database = Path(os.path.abspath(tracking_uri[len("sqlite:///") :]))
+    with file_lock(database.with_name(f".{database.name}.lock")):  # beside it, gone afterwards
         yield
 
 

@@ -21,11 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFont
 
 from fsx.errors import UsageError
 from fsx.filemodes import give_usual_mode
+from fsx.locking import file_lock
 from fsx.progress import progress
 
 LETTERS = tuple(string.ascii_uppercase)
@@ -170,7 +170,7 @@ def letters_cache(spec: LettersSpec, cache_root: Path, show_progress: bool = Tru
     if (final / "annotations.json").is_file():
         return final
     cache_root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_root / f".letters-{spec.key()}.lock")):
+    with file_lock(cache_root / f".letters-{spec.key()}.lock"):
         if (final / "annotations.json").is_file():  # another process made it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=".letters-tmp-", dir=cache_root))
