@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fsx-installed
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench docs lint clean
 
 install: $(STAMP)
 
@@ -29,8 +29,12 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/run.py
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or page.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check fsx tests bench experiments
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache site

@@ -212,7 +212,7 @@ _verb(
     "            reptile   Reptile, RT's settings: n inner Adam steps per task, meta step annealed\n"
     "            joint     Reptile with one inner step\n"
     "            maml      second-order MAML (torch.func); memory grows linearly with inner_steps\n"
-    "                      (tiny FCOS, 2 tasks of 32 images: 0.4 GB at 1 step, 1.2 GB at 5; docs/guide.md)\n"
+    "                      (tiny FCOS, 2 tasks of 32 images: 0.4 GB at 1 step, 1.2 GB at 5; docs/algorithms.md)\n"
     "            fomaml    first-order MAML: one step's memory\n"
     "            metasgd   MAML with learned inner step sizes (adapt/eval use them)\n"
     "            anil      MAML whose inner loop adapts only the detection head\n"
@@ -310,7 +310,7 @@ _verb(
     "loop/adapt_seconds, loop/eval_seconds, loop/acquire_seconds, loop/annotation_seconds (images added x "
     "loop.annotation_seconds, default 21 s) and loop/cumulative_seconds; loop/rounds.csv; prints a table. "
     "loop.patience stops once loop.metric gains less than loop.min_delta. Presets: experiment=loop_letters; "
-    "the thesis's use cases experiment=uc1_few ... uc4_few and uc1_many ... uc4_many (docs/guide.md).",
+    "the thesis's use cases experiment=uc1_few ... uc4_few and uc1_many ... uc4_many (docs/verbs/acquire-loop.md).",
 )
 
 
@@ -518,7 +518,7 @@ def data_sample(
 
     \b
       fsx data sample sampler=instance shots=3 --repeats 10 --out letters-3shot.json
-      fsx data sample dataset=voc_tfa dataset.root=~/VOCdevkit task_seed=0 sample_lists=~/vocsplit shots=10"""
+      fsx data sample dataset=voc_tfa dataset.root=/data/VOCdevkit task_seed=0 sample_lists=/data/vocsplit shots=10"""
     _data("data_sample", list(ctx.args), out, repeats)
 
 
