@@ -40,10 +40,15 @@ def loader_workers(setting: int | str, device: torch.device, processes: int = 1)
     return max(0, min(4, (os.cpu_count() or 1) // max(processes, 1) - 1))
 
 
+# Where `amp` turns bf16 autocast on. CPUs without bf16 units run it slower than fp32, so
+# only CUDA; tests/test_bf16.py adds "cpu" to run the same code path without a GPU.
+AUTOCAST_DEVICES = ("cuda",)
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type in AUTOCAST_DEVICES:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

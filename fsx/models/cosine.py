@@ -36,4 +36,5 @@ class CosinePredictor(nn.Module):
         features = x / (x.norm(dim=1, keepdim=True) + 1e-5)
         weight = self.cls_score.weight
         rows = weight / (weight.norm(dim=1, keepdim=True) + 1e-5)
-        return self.scale * features @ rows.t(), self.bbox_pred(x)
+        # fp32 out, as fsx's other heads (detectors._float_outputs): scores and box decoding stay fp32 under bf16 autocast
+        return (self.scale * features @ rows.t()).float(), self.bbox_pred(x).float()

@@ -17,6 +17,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
@@ -42,13 +43,34 @@ class FloatAnchorGenerator(AnchorGenerator):
         return super().forward(image_list, shapes)
 
 
+class FloatDefaultBoxGenerator(DefaultBoxGenerator):
+    """SSD's default boxes in fp32 whatever the feature maps' dtype (as FloatAnchorGenerator)."""
+
+    def forward(self, image_list, feature_maps):
+        shapes = [torch.empty((1, 1, *f.shape[-2:]), dtype=torch.float32, device=f.device) for f in feature_maps]
+        return super().forward(image_list, shapes)
+
+
+def _to_float(out):
+    """Every floating tensor in a head's output (a tensor, or dicts, lists, tuples of them) as fp32."""
+    if torch.is_tensor(out):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
 def _float_outputs(head_class: type) -> type:
-    """A head whose outputs are fp32, so that losses, box decoding and scores stay fp32 when
-    the towers run in bf16. Same parameters and state-dict keys as `head_class`."""
+    """A head whose outputs are fp32, so that losses, box decoding, NMS and scores stay fp32
+    when the convolutions run in bf16 (torchvision's box coder casts the anchors to the deltas'
+    dtype: bf16 boxes are 2 px apart at 256 px). Same parameters and state-dict keys as
+    `head_class`; tests/test_bf16.py checks what reaches NMS and RoIAlign."""
 
     class FloatOutputs(head_class):
-        def forward(self, x):
-            return {k: v.float() for k, v in super().forward(x).items()}
+        def forward(self, *args, **kwargs):
+            return _to_float(super().forward(*args, **kwargs))
 
     FloatOutputs.__name__ = FloatOutputs.__qualname__ = f"Float{head_class.__name__}"
     return FloatOutputs
@@ -56,6 +78,10 @@ def _float_outputs(head_class: type) -> type:
 
 FloatOutputHead = _float_outputs(RetinaNetHead)
 FloatFCOSHead = _float_outputs(FCOSHead)
+FloatRPNHead = _float_outputs(RPNHead)
+FloatFastRCNNPredictor = _float_outputs(FastRCNNPredictor)
+FloatSSDHead = _float_outputs(SSDHead)
+FloatSSDLiteHead = _float_outputs(SSDLiteHead)
 
 
 class ZeroBased:
@@ -173,7 +199,7 @@ def box_predictor(in_features: int, num_classes: int, det: dict) -> nn.Module:
         raise UsageError(f"detector.classifier={kind}: choose one of {', '.join(CLASSIFIERS)}")
     if kind == "cos":
         return CosinePredictor(in_features, num_classes + 1, float(det.get("cosine_scale", 20.0)), bool(det.get("learn_scale", False)))
-    return FastRCNNPredictor(in_features, num_classes + 1)
+    return FloatFastRCNNPredictor(in_features, num_classes + 1)
 
 
 def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
@@ -193,6 +219,8 @@ def _fasterrcnn(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
         box_roi_pool=pooler,
         box_head=TwoMLPHead(backbone.out_channels * pool * pool, rep),
         box_predictor=box_predictor(rep, num_classes, det),
+        # made after the box head and predictor, as FasterRCNN makes its default: the same initial weights for a seed
+        rpn_head=FloatRPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
         rpn_pre_nms_top_n_train=det.get("rpn_pre_nms_top_n_train", 2000),
         rpn_pre_nms_top_n_test=det.get("rpn_pre_nms_top_n_test", 1000),
         rpn_post_nms_top_n_train=det.get("rpn_post_nms_top_n_train", 2000),
@@ -216,19 +244,19 @@ def _ssd(backbone, det: dict, num_classes: int, spec: dict) -> nn.Module:
         if size != backbone.image_size:
             raise UsageError(f"backbone=vgg16 is SSD300's base and needs dataset.image_size=300, not {size} (experiment=ssd300_vgg16 sets it)")
         channels = backbone.feature_channels
-        anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=backbone.strides)
+        anchors = FloatDefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=backbone.strides)
     else:
         levels = len(backbone.strides)
         channels = [backbone.out_channels] * levels
         ratios = [list(det.get("aspect_ratios", [2, 3]))] * levels
-        anchors = DefaultBoxGenerator(ratios, min_ratio=det.get("min_ratio", 0.1), max_ratio=det.get("max_ratio", 0.6), steps=list(backbone.strides))
+        anchors = FloatDefaultBoxGenerator(ratios, min_ratio=det.get("min_ratio", 0.1), max_ratio=det.get("max_ratio", 0.6), steps=list(backbone.strides))
     kind = det.get("head", "ssd")
     if kind not in ("ssd", "lite"):
         raise UsageError(f"detector.head={kind}: choose ssd (3x3 convolutions) or lite (SSDlite: depthwise-separable)")
     if kind == "lite":
-        head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes + 1, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+        head = FloatSSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes + 1, partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
     else:
-        head = SSDHead(channels, anchors.num_anchors_per_location(), num_classes + 1)
+        head = FloatSSDHead(channels, anchors.num_anchors_per_location(), num_classes + 1)
     return ZeroBasedSSD(
         backbone,
         anchors,
