@@ -20,11 +20,14 @@ demo: install
 	$(BIN)/fsx pretrain experiment=demo
 	$(BIN)/fsx eval experiment=demo checkpoint=latest
 
+# Two test processes (pytest-xdist), each test file in one of them, each with one torch thread
+# (tests/conftest.py): on 2 cores that beats one process with two threads. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: install
 	$(BIN)/python bench/run.py

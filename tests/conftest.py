@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from fsx.data.letters import LettersSpec, letters_cache
 from fsx.engine.device import flush_denormals
 
 flush_denormals()  # as the CLI does at process start
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs two test processes: one thread each
+    torch.set_num_threads(1)
 
 SMALL_LETTERS = LettersSpec(num_images=200)
 
