@@ -23,6 +23,18 @@ def _band(ax, xs: list[int], stats: list[dict[str, float]], label: str | None = 
     ax.fill_between(xs, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], color=line.get_color(), alpha=0.2)
 
 
+def _legend(ax, fontsize: int = 8, **where) -> None:
+    """The legend inside the axes; long labels (a study's settings) go below them instead,
+    one per line, the figure growing to hold them, so no label is cut off or hides a curve."""
+    labels = ax.get_legend_handles_labels()[1]
+    if max(map(len, labels), default=0) <= 60:
+        ax.legend(fontsize=fontsize, **where)
+        return
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    fig = ax.figure
+    fig.set_size_inches(max(fig.get_figwidth(), 0.075 * max(map(len, labels))), fig.get_figheight() + 0.2 * len(labels) + 0.3)
+
+
 def _save(fig, ax, path: Path | str, title: str) -> Path:
     import matplotlib.pyplot as plt
 
@@ -49,7 +61,7 @@ def curve_png(path: Path | str, curves: dict[str, dict[int, dict[str, float]]], 
     ax.set_ylabel(f"{metric} (mean, 95% CI)")
     ax.set_ylim(bottom=0)
     if len(curves) > 1:
-        ax.legend(fontsize=8)
+        _legend(ax)
     return _save(fig, ax, path, title)
 
 
@@ -64,7 +76,7 @@ def xy_png(path: Path | str, series: dict[str, tuple[list[float], list[dict[str,
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        _legend(ax)
     return _save(fig, ax, path, title)
 
 
@@ -82,7 +94,7 @@ def difference_png(path: Path | str, curves: dict[str, dict[int, dict[str, float
     _label_milestones(ax, steps)
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel(f"Δ {metric} (mean, 95% CI)")
-    ax.legend(fontsize=8)
+    _legend(ax)
     return _save(fig, ax, path, title)
 
 
@@ -116,7 +128,7 @@ def pr_png(path: Path | str, curves: dict[str, dict], title: str) -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     if any(len(c["recall"]) for c in curves.values()):
-        ax.legend(fontsize=7, loc="lower left")
+        _legend(ax, 7, loc="lower left")
     return _save(fig, ax, path, title)
 
 
