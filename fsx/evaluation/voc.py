@@ -21,17 +21,6 @@ VOC_STATS = ("vocAP50", "voc07AP50", "voc07AP")
 TFA_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each row of `boxes`."""
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def precision_recall(gt: CocoSet, results: list[dict], category_id: int, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
     """Precision and recall after each detection of one class (by descending score), and the
     number of positives."""
@@ -56,32 +45,64 @@ def _ground_truth(gt: CocoSet, category_id: int) -> tuple[dict[int, np.ndarray],
     return boxes, difficult
 
 
-def _matches(truth, results: list[dict], category_id: int, iou_threshold: float) -> tuple[list[int], list[int], int]:
-    """VOC matching of one class's detections by descending score: true and false positive
-    flags per counted detection, and the number of positives."""
+def _iou_matrix(dets: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy row of `dets` with every row of `boxes`."""
+    x0 = np.maximum(dets[:, None, 0], boxes[None, :, 0])
+    y0 = np.maximum(dets[:, None, 1], boxes[None, :, 1])
+    x1 = np.minimum(dets[:, None, 2], boxes[None, :, 2])
+    y1 = np.minimum(dets[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    union = ((dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1]))[:, None] + ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _nearest(truth, results: list[dict], category_id: int) -> tuple[list[tuple[int, int, float]], int]:
+    """One class's detections by descending score, each as (image id, index of the
+    ground-truth box it overlaps most, that IoU; -1 and 0 where its image has none), and the
+    number of positives. One array operation per image: the matching at any IoU threshold
+    reads these."""
     boxes, difficult = truth
     positives = int(sum((~d).sum() for d in difficult.values()))
     dets = sorted((r for r in results if r["category_id"] == category_id and r["image_id"] in boxes), key=lambda r: -r["score"])
+    by_image = defaultdict(list)
+    for i, det in enumerate(dets):
+        by_image[det["image_id"]].append(i)
+    nearest: list[tuple[int, int, float]] = [(det["image_id"], -1, 0.0) for det in dets]
+    for image_id, rows in by_image.items():
+        candidates = boxes[image_id]
+        if len(candidates) == 0:
+            continue
+        xywh = np.array([dets[i]["bbox"] for i in rows], dtype=float)
+        ious = _iou_matrix(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), candidates)
+        best = ious.argmax(axis=1)
+        for i, b, iou in zip(rows, best.tolist(), ious[np.arange(len(rows)), best].tolist()):
+            nearest[i] = (image_id, b, iou)
+    return nearest, positives
+
+
+def _match_nearest(nearest: list[tuple[int, int, float]], difficult: dict, iou_threshold: float) -> tuple[list[int], list[int]]:
+    """VOC's greedy matching at one IoU threshold: true and false positive flags per counted
+    detection (one matched to a difficult box counts as neither; a second one on a box is false)."""
     matched = defaultdict(set)
     tp, fp = [], []
-    for det in dets:
-        x, y, w, h = det["bbox"]
-        candidates = boxes[det["image_id"]]
-        if len(candidates) == 0:
+    for image_id, best, iou in nearest:
+        if best < 0 or iou < iou_threshold:
             tp.append(0), fp.append(1)
-            continue
-        ious = _iou(np.array([x, y, x + w, y + h], dtype=float), candidates)
-        best = int(np.argmax(ious))
-        if ious[best] < iou_threshold:
-            tp.append(0), fp.append(1)
-        elif difficult[det["image_id"]][best]:
+        elif difficult[image_id][best]:
             continue  # matched to a difficult box: ignored
-        elif best in matched[det["image_id"]]:
+        elif best in matched[image_id]:
             tp.append(0), fp.append(1)  # duplicate detection
         else:
-            matched[det["image_id"]].add(best)
+            matched[image_id].add(best)
             tp.append(1), fp.append(0)
-    return tp, fp, positives
+    return tp, fp
+
+
+def _matches(truth, results: list[dict], category_id: int, iou_threshold: float) -> tuple[list[int], list[int], int]:
+    """VOC matching of one class's detections by descending score: true and false positive
+    flags per counted detection, and the number of positives."""
+    nearest, positives = _nearest(truth, results, category_id)
+    return (*_match_nearest(nearest, truth[1], iou_threshold), positives)
 
 
 THRESHOLD_STATS = ("precision_at_score", "recall_at_score", "F1_at_score")
@@ -121,13 +142,13 @@ def voc_metrics(gt: CocoSet, results: list[dict], category_ids: list[int] | None
     all_point, eleven, multi = [], [], []
     for cid in cat_ids:
         truth = _ground_truth(gt, cid)
-        mine = [r for r in results if r["category_id"] == cid]
-        precision, recall, positives = _curve(*_matches(truth, mine, cid, 0.5))
+        nearest, positives = _nearest(truth, results, cid)  # once per class, read at every threshold
         if positives == 0:
             continue
+        precision, recall, _ = _curve(*_match_nearest(nearest, truth[1], 0.5), positives)
         all_point.append(all_point_ap(precision, recall))
         eleven.append(eleven_point_ap(precision, recall))
-        multi.append(np.mean([eleven[-1]] + [eleven_point_ap(*_curve(*_matches(truth, mine, cid, iou))[:2]) for iou in TFA_IOUS[1:]]))
+        multi.append(np.mean([eleven[-1]] + [eleven_point_ap(*_curve(*_match_nearest(nearest, truth[1], iou), positives)[:2]) for iou in TFA_IOUS[1:]]))
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return {"vocAP50": mean(all_point), "voc07AP50": mean(eleven), "voc07AP": mean(multi)}
 
