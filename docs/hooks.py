@@ -37,7 +37,7 @@ class ConfFile:
     keys: list[Key]
 
 
-def _split_comment(rest: str) -> tuple[str, str]:
+def split_comment(rest: str) -> tuple[str, str]:
     """`value  # comment` -> (value, comment), a # inside quotes kept."""
     quote = None
     for i, ch in enumerate(rest):
@@ -75,7 +75,7 @@ def parse(text: str, package: str = "") -> tuple[str, list[Key]]:
         indent = len(found["indent"])
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        value, comment = _split_comment(found["rest"])
+        value, comment = split_comment(found["rest"])
         path = ".".join([p for p in [package] if p] + [k for _, k in stack] + [found["key"]])
         if value == "":
             stack.append((indent, found["key"]))

@@ -34,18 +34,9 @@ def _pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
-def _drop_comment(line: str) -> str:
-    quote = None
-    for i, ch in enumerate(line):
-        if ch in "'\"":
-            quote = None if quote == ch else (quote or ch)
-        elif ch == "#" and quote is None and i and line[i - 1] in " \t":
-            return line[:i].rstrip()
-    return line
-
-
 def documented_commands() -> list[tuple[str, list[str]]]:
     """(where, argv after `fsx`) of every fsx command line in a non-Python code block."""
+    drop_comment = _hooks().split_comment  # the reference's own `value  # comment` splitter
     found = []
     for page in _pages():
         for block in FENCE.finditer(page.read_text()):
@@ -57,7 +48,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                 for part in line.split("&&"):
                     if not part.strip().startswith("fsx "):
                         continue
-                    words = shlex.split(re.sub(r"<[^<>]*>", "X", _drop_comment(part.strip())))  # placeholders: <id>, <file>
+                    words = shlex.split(re.sub(r"<[^<>]*>", "X", drop_comment(part.strip())[0]))  # placeholders: <id>, <file>
                     if len(words) < 2 or words[0] != "fsx" or words[1].endswith(":") or words[1].startswith("-"):
                         continue  # not a command, or fsx's own output ("fsx detect: MLflow run ...")
                     found.append((f"{page.relative_to(ROOT)}: {part.strip()}", [w for w in words[1:] if w != "..."]))
