@@ -4,7 +4,8 @@
 # features". BUDGETS="1500 5000" (default, about 2.5 h on 2 cores); add 15000 where there is
 # time (about 6 h more on 2 cores) or a GPU.
 PART=budget
-source "$(dirname "$0")/common.sh"
+LOGS=${LOGS:-experiments/meta-from-pretrained/logs/$PART}
+source "$(dirname "$0")/../common.sh"
 L=(experiment=meta_letters mlflow.experiment=meta-budget)
 names=()
 for B in ${BUDGETS:-1500 5000}; do

@@ -4,7 +4,8 @@
 # recipe), each meta-learner adapted with its own recipe and with the common one; Reptile from
 # scratch (the letters-adaptation-speed row) beside them. N = $PASSES (default 1500).
 PART=letters
-source "$(dirname "$0")/common.sh"
+LOGS=${LOGS:-experiments/meta-from-pretrained/logs/$PART}
+source "$(dirname "$0")/../common.sh"
 N=${PASSES:-1500}
 H=$((N / 2))
 L=(experiment=meta_letters mlflow.experiment=meta-letters)

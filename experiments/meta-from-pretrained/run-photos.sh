@@ -5,7 +5,8 @@
 # and with the common one. N = $PASSES (default 1000 batches of 8 images). Reptile's tasks are
 # 4-way like the evaluation's, its inner batches 8 images like standard's.
 PART=photos
-source "$(dirname "$0")/common.sh"
+LOGS=${LOGS:-experiments/meta-from-pretrained/logs/$PART}
+source "$(dirname "$0")/../common.sh"
 export FSX_SHARED_DATA=${FSX_SHARED_DATA:-../shared/data}
 N=${PASSES:-1000}
 H=$((N / 2))

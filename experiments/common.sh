@@ -1,4 +1,4 @@
-# Shared by run-letters.sh, run-budget.sh and run-photos.sh (sourced; run from the repository
+# Shared by the studies' scripts (sourced, after the script sets LOGS; run from the repository
 # root after `make install`). Every command writes its output to $LOGS/NAME.log; a command
 # that finished before ($LOGS/NAME.done) is not run again, so an interrupted part resumes
 # where it stopped. At most $JOBS commands run at a time, one thread each.
@@ -7,8 +7,7 @@ export OMP_NUM_THREADS=1 FSX_PROGRESS=plain
 FSX=${FSX:-.venv/bin/fsx}
 PYTHON=${PYTHON:-.venv/bin/python}
 JOBS=${JOBS:-2}
-LOGS=${LOGS:-experiments/meta-from-pretrained/logs/$PART}
-mkdir -p "$LOGS"
+mkdir -p "${LOGS:?set LOGS before sourcing experiments/common.sh}"
 
 # run NAME VERB OVERRIDES...: one fsx command, in the foreground
 run() {
