@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fsx-installed
 
-.PHONY: install demo test test-fast bench docs lint clean
+.PHONY: install demo test test-fast test-oldest gpu-wheels gpu-check bench docs lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,weights,export,cluster]"
+	$(BIN)/python -m pip install --quiet -e ".[test,weights,export,cluster]" "torch>=2.14" "torchvision>=0.29"
 	touch $(STAMP)
 
 # The main job: standard pretraining on letters fold 1, then 5-way 5-shot adaptation
@@ -29,6 +29,30 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
+# The oldest torch and torchvision fsx supports (pyproject.toml's lower bounds), in a second
+# environment, running the tests that need no training (see docs/development.md).
+OLDEST_TORCH ?= torch==2.4.1 torchvision==0.19.1
+OLDEST       ?= .venv-oldest
+$(OLDEST)/.fsx-installed: pyproject.toml
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet $(OLDEST_TORCH) -e ".[test,weights,export]"
+	touch $@
+
+test-oldest: $(OLDEST)/.fsx-installed
+	$(OLDEST)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+	$(OLDEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+# A lent GPU machine has its own torch and no network: gpu-wheels (here) fills .whl/ with the
+# wheels its image lacks, gpu-check (there, with .whl carried) installs them and runs fsx's
+# CUDA checks into $(OUT) (gpu/check.sh; docs/development.md).
+gpu-wheels: install
+	$(BIN)/python gpu/wheels.py
+
+OUT ?= gpu-check
+gpu-check:
+	OUT=$(OUT) bash gpu/check.sh
+
 bench: install
 	$(BIN)/python bench/run.py
 
@@ -37,7 +61,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install
-	$(BIN)/ruff check fsx tests bench experiments
+	$(BIN)/ruff check fsx tests bench experiments gpu docs/hooks.py
 
 clean:
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache site
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db .pytest_cache site gpu-check

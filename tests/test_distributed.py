@@ -140,6 +140,18 @@ def test_standard_ddp_on_two_processes_records_one_run(tmp_path):
     assert not list(cwd.glob("outputs/*/*/checkpoints/last.pt"))
 
 
+@pytest.mark.slow
+def test_torchrun_with_one_process_runs_the_distributed_path(tmp_path):
+    """torchrun --nproc_per_node=1 joins a process group of one and trains under DDP (make
+    gpu-check's DDP on one GPU through NCCL is this test on CUDA)."""
+    env, cwd = env_for(tmp_path), tmp_path / "one"
+    out = finish(torchrun(1, ["pretrain", *SMALL, "algorithm.batch_size=2", "train.steps=2", f"mlflow.tracking_uri={store(cwd)}"], cwd, env))
+    assert "fsx pretrain: 1 process (gloo): batch_per_process 2; effective_batch 2" in out, out
+    run, checkpoint = the_run(store(cwd))
+    assert run.data.params["distributed.world_size"] == "1" and run.data.params["distributed.backend"] == "gloo"
+    assert checkpoint["step"] == 2
+
+
 # --------------------------------------------------------------------------- one process
 
 
@@ -149,6 +161,7 @@ def refuse():
 
 def test_helpers_are_no_ops_in_one_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert not distributed.launched() and not distributed.is_distributed()
     assert (distributed.world_size(), distributed.rank(), distributed.is_main(), distributed.backend()) == (1, 0, True, "none")
     tensors = [torch.tensor([1.0, 2.0]), torch.tensor([3], dtype=torch.int64)]

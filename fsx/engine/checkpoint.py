@@ -70,7 +70,8 @@ def _why_unloadable(error: Exception) -> str:
     import re
 
     text = str(error)
-    foreign = re.search(r"unsupported GLOBAL (\S+)", text)
+    # "... unsupported GLOBAL posix.system whose ..." (newer torch), "Unsupported global: GLOBAL posix.system was ..." (2.4)
+    foreign = re.search(r"unsupported global:? (?:GLOBAL )?(\S+)", text, re.IGNORECASE)
     if foreign:
         return f"it holds Python objects ({foreign.group(1)}) that fsx does not load; fsx checkpoints hold only tensors and plain values"
     if "Weights only load failed" in text or isinstance(error, EOFError) or "zip" in text.lower() or "magic" in text.lower():

@@ -2,8 +2,10 @@
 
 `torchrun --nproc_per_node=N -m fsx pretrain ...` starts N copies of fsx with RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. `process_group` joins them (gloo on
-the CPU, nccl on CUDA, each rank on the GPU of its LOCAL_RANK); without those variables, or
-with WORLD_SIZE=1, every function here is a no-op and fsx runs as one process.
+the CPU, nccl on CUDA, each rank on the GPU of its LOCAL_RANK). torchrun with one process
+joins a group of one, so that `torchrun --nproc_per_node=1` runs the distributed path (DDP,
+the collectives, NCCL on one GPU) with one process's numbers. Started without a launcher,
+every function here is a no-op and fsx runs as one process.
 
 Rank 0 is the main process: it alone talks to MLflow and writes checkpoints.
 """
@@ -29,12 +31,14 @@ TIMEOUT_S = 1800
 
 
 def launched() -> bool:
-    """Whether a launcher (torchrun) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher started this process as a rank of a process group: torchrun (which
+    sets TORCHELASTIC_RUN_ID, also for one process) or any launcher with WORLD_SIZE > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether this process is in a process group (of one or more)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
@@ -65,9 +69,9 @@ def setup(device: torch.device, timeout_s: float = TIMEOUT_S) -> torch.device:
     """Join torchrun's process group (if launched by it) and return this rank's device."""
     if not launched() or is_distributed():
         return local_device(device)
-    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} is not set: start several processes with torchrun --nproc_per_node=N -m fsx ...")
+        raise UsageError(f"started as a rank of a process group (WORLD_SIZE={os.environ.get('WORLD_SIZE', 'unset')}) but {', '.join(missing)} is not set: start several processes with torchrun --nproc_per_node=N -m fsx ...")
     device = local_device(device)
     if device.type == "cuda":
         if device.index >= torch.cuda.device_count():

@@ -31,7 +31,7 @@ from fsx.models.roi_align import GridRoIAlign
 DETECTORS = ("retinanet", "fcos", "fasterrcnn", "ssd")
 TWO_STAGE = ("fasterrcnn",)
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "ciou", "diou")
-ROI_ALIGNS = ("torchvision", "grid")  # the compiled op, or grid_sample (differentiable twice)
+ROI_ALIGNS = ("torchvision", "grid")  # the compiled op, or fsx.models.roi_align (differentiable twice)
 
 
 class FloatAnchorGenerator(AnchorGenerator):

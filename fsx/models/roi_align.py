@@ -1,9 +1,11 @@
-"""RoIAlign built from `grid_sample`: a differentiable path through a two-stage detector.
+"""RoIAlign built from indexing and arithmetic: a differentiable path through a two-stage detector.
 
 torchvision's compiled `roi_align` has no double backward, so second-order MAML cannot
 pass through Faster R-CNN's RoI pooling. `GridRoIAlign` computes the same numbers as
 torchvision's `MultiScaleRoIAlign` (aligned=False, a fixed sampling ratio; equal within
-float error) from differentiable torch ops, so gradients of gradients flow through it. It
+float error) from differentiable torch ops, so gradients of gradients flow through it. Its
+bilinear sampling reads the four neighbours by indexing rather than through `grid_sample`,
+whose double backward torch has only had since 2.12 (fsx supports torch from 2.4). It
 costs a little more than the compiled op (a Faster R-CNN training step on a CPU, make
 bench), so it is the choice for second-order meta-learning, not the default.
 """
@@ -35,15 +37,35 @@ def grid_roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
         ys = y1[:, None] + (torch.arange(ph * sr, device=rois.device) + 0.5)[None] * (bin_h / sr)[:, None]
         # roi_align reads 0 beyond one pixel outside the map and clamps to the border inside it
         valid = ((ys >= -1) & (ys <= height))[:, :, None] & ((xs >= -1) & (xs <= width))[:, None, :]
-        gx = xs.clamp(0, width - 1) * (2 / max(width - 1, 1)) - 1
-        gy = ys.clamp(0, height - 1) * (2 / max(height - 1, 1)) - 1
-        k = len(index)
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [k, ph*sr, pw*sr, 2]
-        grid = grid.reshape(1, k * ph * sr, pw * sr, 2).to(features.dtype)
-        sampled = F.grid_sample(features[int(n)].unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=True)
-        sampled = sampled.reshape(features.shape[1], k, ph * sr, pw * sr).transpose(0, 1) * valid[:, None].to(sampled.dtype)
+        sampled = _bilinear(features[int(n)], ys, xs)  # [k, C, ph*sr, pw*sr]
+        sampled = sampled * valid[:, None].to(sampled.dtype)
         out = out.index_copy(0, index, F.avg_pool2d(sampled, sr).to(out.dtype))
     return out
+
+
+def _bilinear(feature: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """feature [C, H, W] read at every (ys[k, i], xs[k, j]) pixel coordinate, interpolated
+    bilinearly as roi_align does (coordinates clamped to the map): [k, C, I, J]. The four
+    neighbours are rows of the map laid out as [H*W, C], read with one index_select each."""
+    channels, height, width = feature.shape
+    ys = ys.clamp(0, height - 1)  # the coordinates stay in the boxes' precision; the weights take the map's
+    xs = xs.clamp(0, width - 1)
+    y0 = ys.floor().long()
+    x0 = xs.floor().long()
+    y1 = (y0 + 1).clamp(max=height - 1)
+    x1 = (x0 + 1).clamp(max=width - 1)
+    ly = (ys - y0).to(feature.dtype)[:, :, None, None]  # [k, I, 1, 1]
+    lx = (xs - x0).to(feature.dtype)[:, None, :, None]  # [k, 1, J, 1]
+    rows = feature.flatten(1).t()  # [H*W, C]
+    k, size_i, size_j = ys.shape[0], ys.shape[1], xs.shape[1]
+
+    def at(yi: Tensor, xi: Tensor) -> Tensor:  # [k, I, J, C]
+        index = (yi[:, :, None] * width + xi[:, None, :]).reshape(-1)
+        return rows.index_select(0, index).view(k, size_i, size_j, channels)
+
+    top = at(y0, x0) * (1 - lx) + at(y0, x1) * lx
+    bottom = at(y1, x0) * (1 - lx) + at(y1, x1) * lx
+    return (top * (1 - ly) + bottom * ly).permute(0, 3, 1, 2)
 
 
 class GridRoIAlign(MultiScaleRoIAlign):

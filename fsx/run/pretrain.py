@@ -151,8 +151,8 @@ def train_here(cfg, device: torch.device) -> dict:
     steps = budget(cfg, algorithm)
     processes = distributed.world_size()
     plan = {"world_size": processes, "backend": distributed.backend(), **algorithm.distributed_plan(processes)}
-    if processes > 1 and main:  # said, not only logged: the GPU count changes the effective batch
-        print(f"fsx pretrain: {processes} processes ({plan['backend']}): " + "; ".join(f"{k} {v}" for k, v in plan.items() if k not in ("world_size", "backend")), flush=True)
+    if distributed.is_distributed() and main:  # said, not only logged: the GPU count changes the effective batch
+        print(f"fsx pretrain: {processes} process{'es' if processes > 1 else ''} ({plan['backend']}): " + "; ".join(f"{k} {v}" for k, v in plan.items() if k not in ("world_size", "backend")), flush=True)
     transform = build_transform(**dataset_cfg["augment"], seed=cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # convolution algorithms tuned once per input shape
