@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.fsx-installed
 
 # fsx's own modules compiled ahead (stale ones only; a second or two): where PYTHONDONTWRITEBYTECODE
-# is set, as on our CI machines, every fsx process would otherwise compile them again (measured: about
+# is set, as on this project's machines, every fsx process would otherwise compile them again (measured: about
 # 1 s of the 7 s an fsx process took to import on 2 busy cores).
 PYC     = $(BIN)/python -m compileall -q fsx
 

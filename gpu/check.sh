@@ -52,6 +52,11 @@ if ! ls .whl/*.whl > /dev/null 2>&1; then
 fi
 step "install the $(ls .whl/*.whl | wc -l) carried wheels" 120 "$OUT/env.txt" \
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+# fsx as this checkout has it, whatever fsx wheel .whl holds: the wheel is fsx/ with conf/ as fsx/conf
+if ! diff -rq -x __pycache__ -x conf fsx "$SITE/fsx" > /dev/null || ! diff -rq -x __pycache__ conf "$SITE/fsx/conf" > /dev/null; then
+  cp -r fsx/. "$SITE/fsx/" && cp -r conf/. "$SITE/fsx/conf/"
+  echo "- the fsx wheel in .whl was older than this checkout: its files were replaced by the checkout's" >> "$SUMMARY"
+fi
 # PYTHONSAFEPATH: no process (tests' subprocesses too) imports the repository's fsx/ in place of
 # the installed one, which alone holds fsx.conf
 export PYTHONPATH=$SITE PATH=$SITE/bin:$PATH PYTHONSAFEPATH=1 FSX_PROGRESS=plain PYTHONUNBUFFERED=1
