@@ -75,7 +75,7 @@ cd "$WORK"
 step "DDP, 1 GPU, NCCL (torchrun)" 90 "$OUT/ddp.log" \
   "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m fsx pretrain experiment=demo \
   device=$DEVICE train.steps=$DDP_STEPS mlflow.experiment=gpu-check-ddp
-grep -h -E "distributed|backend|pretrained " "$OUT/ddp.log" | head -4 | sed 's/^/    /' >> "$SUMMARY"
+grep -h -E "^fsx pretrain: [0-9]+ process|^pretrained " "$OUT/ddp.log" | head -4 | sed 's/^/    /' >> "$SUMMARY"
 
 # 3. make demo's job on CUDA with bf16 autocast, GPU utilisation sampled meanwhile
 { nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,nounits -lms 500 || echo "no nvidia-smi"; } > "$OUT/gpu-util.csv" 2>&1 &
