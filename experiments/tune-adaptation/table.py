@@ -25,7 +25,13 @@ def sweep(uri: str, experiment: str, pool: str) -> dict:
         sys.exit(f"no finished tuning sweep on {pool} tasks in {experiment} at {uri}")
     tags = parents[-1]["tags"]
     best = tracking.run_record(uri, tags["fsx.best_run"])["tags"]
-    return {"overrides": tags["fsx.best_overrides"], "value": float(tags["fsx.best_value"]), "step": int(best.get("fsx.objective_milestone", -1)), "trials": len(tracking.child_runs(uri, parents[-1]["id"]))}
+    trials = {}  # each trial's setting (the swept keys) -> (its objective, the milestone it was read at)
+    for child in tracking.child_runs(uri, parents[-1]["id"]):
+        record = tracking.run_record(uri, child["id"])
+        setting = " ".join(f"{k}={float(record['params'][k]):.2g}" if k == "adapt.lr" else f"{k}={record['params'][k]}" for k in ("adapt.lr", "adapt.params"))
+        if "objective" in record["metrics"]:
+            trials[setting] = (record["metrics"]["objective"], record["tags"].get("fsx.objective_milestone", "?"))
+    return {"overrides": tags["fsx.best_overrides"], "value": float(tags["fsx.best_value"]), "step": int(best.get("fsx.objective_milestone", -1)), "trials": len(trials), "scores": trials}
 
 
 def main() -> None:
@@ -51,6 +57,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for pool, best in chosen.items():
         print(f"| {pool} tasks | {best['trials']} | {best['overrides']} | {best['step']} | {best['value']:.3f} |")
+    print("\nevery trial (the same settings in both sweeps): its AP50 at its best step, on 5 validation and on 5 test tasks:\n")
+    print("| setting | validation tasks | test tasks |")
+    print("|---|---|---|")
+    for setting in sorted(chosen["validation"]["scores"], key=lambda k: -chosen["validation"]["scores"][k][0]):
+        v, t = chosen["validation"]["scores"][setting], chosen["test"]["scores"].get(setting, (float("nan"), "?"))
+        print(f"| {setting} | {v[0]:.3f} (step {v[1]}) | {t[0]:.3f} (step {t[1]}) |")
     print("\nscored on the test tasks (novel AP50, mean ± 95% CI over 10 tasks):\n")
     tables.print_means(rows, "AP50")
     honest = [n for n in rows if n.startswith("validation") and "fresh" not in n]
