@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.fsx-installed
 # fsx's own modules compiled ahead (stale ones only; a second or two): where PYTHONDONTWRITEBYTECODE
 # is set, as on this project's machines, every fsx process would otherwise compile them again (measured: about
 # 1 s of the 7 s an fsx process took to import on 2 busy cores).
-PYC     = $(BIN)/python -m compileall -q fsx
+PYC     = -m compileall -q fsx
 
 .PHONY: install demo test test-fast test-oldest gpu-wheels gpu-check bench docs lint clean
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 # The main job: standard pretraining on letters fold 1, then 5-way 5-shot adaptation
 # evaluated at several milestones over 5 sampled tasks (mean +- 95% CI).
 demo: install
-	$(PYC)
+	$(BIN)/python $(PYC)
 	$(BIN)/fsx pretrain experiment=demo
 	$(BIN)/fsx eval experiment=demo checkpoint=latest
 
@@ -33,11 +33,11 @@ demo: install
 # (tests/conftest.py): on 2 cores that beats one process with two threads. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: install
-	$(PYC)
+	$(BIN)/python $(PYC)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: install
-	$(PYC)
+	$(BIN)/python $(PYC)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The oldest torch and torchvision fsx supports (pyproject.toml's lower bounds), in a second
@@ -51,7 +51,7 @@ $(OLDEST)/.fsx-installed: pyproject.toml
 	touch $@
 
 test-oldest: $(OLDEST)/.fsx-installed
-	$(OLDEST)/bin/python -m compileall -q fsx
+	$(OLDEST)/bin/python $(PYC)
 	$(OLDEST)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 	$(OLDEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
